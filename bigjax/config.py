@@ -1,0 +1,100 @@
+"""The fields every config has, and the checks run on them before anything else.
+
+Experiment files in experiments/ start from `base_config()` and change what
+their experiment is about. Every field here can be overridden on the command
+line with `--config.a.b=value`; `validate` turns a bad value into one line that
+names the field and what is allowed.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; main.py prints it and exits with 2."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # one seed: init, dropout and data order all derive from it
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = 'classification'
+  c.task.loss = 'cross_entropy'  # cross_entropy | mse | binary_cross_entropy
+  c.task.label_smoothing = 0.0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'mlp'  # the remaining model.* fields go to the model's constructor
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'digits'
+  # None means TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
+  c.data.data_dir = config_dict.placeholder(str)
+  c.data.in_memory = True  # read each split into host memory once; False for datasets that do not fit
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adam'  # sgd | momentum | nesterov | adam | adamw
+  c.optim.lr = 1e-3
+  c.optim.schedule = 'constant'  # constant | linear | cosine | rsqrt
+  c.optim.warmup_steps = 0  # linear warmup from 0, before any schedule
+  c.optim.momentum = 0.9  # momentum and nesterov only
+  c.optim.weight_decay = 1e-4  # adamw only
+  c.optim.clip_norm = 0.0  # global-norm clipping; 0 turns it off
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 128  # global, over all hosts; -1 = the whole train split
+  c.train.eval_every = 500  # steps between evals on the eval split; 0 = only at the end
+  c.train.log_every = 100
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500  # a final checkpoint is always written too
+  c.checkpoint.keep = 3
+
+  # Device mesh: sizes multiply to the device count; -1 takes what is left.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def check(ok: bool, field: str, value, allowed: str) -> None:
+  """Raises ConfigError for `config.<field>=<value>` unless ok; `allowed` says what would work."""
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {allowed}')
+
+
+def check_choice(section: ml_collections.ConfigDict, prefix: str, key: str, names) -> None:
+  check(section[key] in names, f'{prefix}.{key}', section[key], f'choose one of {", ".join(sorted(names))}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad field. Imports registries lazily."""
+  from bigjax import data, models, optim, tasks  # noqa: PLC0415 (keeps flag parsing light)
+
+  def need(ok, field, allowed):
+    group, _, key = field.rpartition('.')
+    check(ok, field, (config[group] if group else config)[key], allowed)
+
+  need(isinstance(config.seed, int) and config.seed >= 0, 'seed', 'use an integer >= 0')
+  check_choice(config.task, 'task', 'name', tasks.TASKS)
+  tasks.TASKS[config.task.name].check_config(config.task)
+  check_choice(config.model, 'model', 'name', models.MODELS)
+  models.check_config(config.model)
+  check_choice(config.data, 'data', 'name', data.DATASETS)
+  check_choice(config.optim, 'optim', 'name', optim.OPTIMIZERS)
+  check_choice(config.optim, 'optim', 'schedule', optim.SCHEDULES)
+  need(config.optim.lr > 0, 'optim.lr', 'use a learning rate > 0')
+  need(config.optim.warmup_steps >= 0, 'optim.warmup_steps', 'use a value >= 0')
+  need(config.optim.clip_norm >= 0, 'optim.clip_norm', 'use a value >= 0 (0 = no clipping)')
+  need(config.train.steps > 0, 'train.steps', 'use a number of steps > 0')
+  need(config.train.batch_size > 0 or config.train.batch_size == -1, 'train.batch_size',
+       'use a size > 0, or -1 for the whole train split')
+  need(config.train.eval_every >= 0, 'train.eval_every', 'use a step interval >= 0 (0 = only at the end)')
+  need(config.train.log_every > 0, 'train.log_every', 'use a step interval > 0')
+  need(config.checkpoint.every > 0, 'checkpoint.every', 'use a step interval > 0')
+  need(config.checkpoint.keep > 0, 'checkpoint.keep', 'keep at least 1 checkpoint')
+  for axis in ('data', 'fsdp', 'tensor'):
+    need(config.mesh[axis] == -1 or config.mesh[axis] > 0, f'mesh.{axis}',
+         'use a size > 0, or -1 for the devices left over')

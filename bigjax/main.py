@@ -1,0 +1,124 @@
+"""bigjax's entry point.
+
+  python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
+      [--workdir=runs/digits] [--mode=train|eval]
+
+Bad input (an unknown field, a wrong type, a missing config file, an invalid
+value) is reported in one line with exit status 2, before anything is compiled
+or written.
+"""
+
+import importlib.util
+import logging as python_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bigjax.config import ConfigError, validate
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resumes from the newest checkpoint) | eval (newest checkpoint on eval and test).')
+
+
+def fail(message: str) -> None:
+  print(f'bigjax: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _config_spec(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _load_config_file(spec: str):
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_bigjax_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _explain_unknown_field(argv) -> str | None:
+  """Finds the first --config.a.b override whose path the config does not have."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  config = _load_config_file(spec)
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    node = config
+    for depth, key in enumerate(path):
+      if not hasattr(node, 'keys') or key not in node:
+        where = 'config.' + '.'.join(path[:depth]) if depth else 'the config'
+        known = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'no fields'
+        return f'unknown field --config.{".".join(path)}: {where} has {known}'
+      node = node[key]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with every failure turned into one line and exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 (any parse failure is the user's input)
+    explanation = None
+    if isinstance(e, AttributeError):
+      try:
+        explanation = _explain_unknown_field(argv)
+      except Exception:  # noqa: BLE001 (fall back to the original message)
+        pass
+    fail(explanation or str(e).splitlines()[0])
+  spec = _config_spec(argv)
+  if spec is None:
+    fail('--config=FILE[:ARG] is required, for example --config=experiments/digits_mlp.py')
+  try:
+    _CONFIG.value.keys()
+  except Exception as e:  # noqa: BLE001 (config_flags defers load errors to first access)
+    path = spec.partition(':')[0]
+    if not os.path.exists(path):
+      fail(f'config file {path} does not exist (paths are relative to {os.getcwd()})')
+    fail(f'config file {spec} could not be loaded: {str(e.__cause__ or e).splitlines()[0]}')
+  return rest
+
+
+def default_workdir(spec: str) -> str:
+  path, _, arg = spec.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{arg}' if arg else name)
+
+
+def _quiet_libraries(record) -> bool:
+  """Keeps INFO lines from bigjax only: Orbax alone logs dozens per checkpoint."""
+  return record.levelno >= python_logging.WARNING or f'{os.sep}bigjax{os.sep}' in record.pathname
+
+
+def main(argv):
+  logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(_config_spec(sys.argv))
+  try:
+    validate(config)
+    from bigjax import train  # noqa: PLC0415 (jax, flax and TFDS load only for valid input)
+    if _MODE.value == 'train':
+      logging.info('Training %s into %s', _config_spec(sys.argv), workdir)
+      train.train_and_evaluate(config, workdir)
+    else:
+      train.evaluate_checkpoint(config, workdir)
+  except ConfigError as e:
+    fail(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,26 @@
+"""A multi-layer perceptron classifier: the tutorial's first model."""
+
+import flax.linen as nn
+
+from bigjax.models.layers import ACTIVATIONS, dense
+
+
+class MLP(nn.Module):
+  num_classes: int
+  depth: int = 2  # hidden layers
+  width: int = 256
+  activation: str = 'relu'
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape(x.shape[0], -1)  # images and vectors alike
+    act = ACTIVATIONS[self.activation]
+    # Alternate (embed -> mlp), (mlp -> embed) so tensor parallelism splits
+    # every other layer's output and the next layer's input, as in a Transformer MLP.
+    names = ('embed', 'mlp')
+    for i in range(self.depth):
+      x = act(dense(self.width, names, name=f'hidden_{i}')(x))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      names = names[::-1]
+    return dense(self.num_classes, (names[0], 'classes'), name='head')(x)

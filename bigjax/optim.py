@@ -1,0 +1,41 @@
+"""The optax optimizer a config asks for: schedule, optimizer, clipping.
+
+Full-batch gradient descent is `optim.name=sgd` with `train.batch_size=-1`.
+"""
+
+import optax
+
+
+# name -> (peak lr, decay steps) -> schedule; each starts at the peak lr.
+SCHEDULES = {
+    'constant': lambda lr, steps: optax.constant_schedule(lr),
+    'linear': lambda lr, steps: optax.linear_schedule(lr, 0.0, steps),
+    'cosine': lambda lr, steps: optax.cosine_decay_schedule(lr, steps),
+    'rsqrt': lambda lr, steps: lambda step: lr / (1.0 + step) ** 0.5,
+}
+
+OPTIMIZERS = {
+    'sgd': lambda lr, c: optax.sgd(lr),
+    'momentum': lambda lr, c: optax.sgd(lr, momentum=c.momentum),
+    'nesterov': lambda lr, c: optax.sgd(lr, momentum=c.momentum, nesterov=True),
+    'adam': lambda lr, c: optax.adam(lr),
+    'adamw': lambda lr, c: optax.adamw(lr, weight_decay=c.weight_decay),
+}
+
+
+def learning_rate(optim_config, total_steps: int) -> optax.Schedule:
+  """Linear warmup for `warmup_steps`, then the named schedule over the remaining steps."""
+  c = optim_config
+  decay = SCHEDULES[c.schedule](c.lr, max(total_steps - c.warmup_steps, 1))
+  if not c.warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0.0, c.lr, c.warmup_steps)
+  return optax.join_schedules([warmup, decay], [c.warmup_steps])
+
+
+def build(optim_config, total_steps: int) -> optax.GradientTransformation:
+  c = optim_config
+  optimizer = OPTIMIZERS[c.name](learning_rate(c, total_steps), c)
+  if c.clip_norm:
+    return optax.chain(optax.clip_by_global_norm(c.clip_norm), optimizer)
+  return optimizer

@@ -1,0 +1,97 @@
+"""Device mesh, logical-axis rules, and the shardings of state and batches.
+
+Models name the axes of their parameters logically (`embed`, `mlp`, `conv_out`,
+...). LOGICAL_RULES maps those names to the mesh axes `data`, `fsdp` and
+`tensor`, MaxText-style, so one model runs data-parallel, fully sharded or
+tensor-parallel by changing only `config.mesh`. One device is a mesh of size 1.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bigjax.config import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # batches split over both: fsdp is data parallelism with sharded weights
+
+# Logical name -> mesh axis (or None: replicated). The first rule for a name wins.
+LOGICAL_RULES = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('vocab', 'tensor'),
+    ('conv_in', 'fsdp'),
+    ('conv_out', 'tensor'),
+    ('classes', None),
+)
+
+
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh over all devices; one -1 size takes what is left."""
+  devices = jax.devices() if devices is None else devices
+  sizes = [mesh_config[a] for a in MESH_AXES]
+  shape = ', '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  known = math.prod(s for s in sizes if s != -1)
+  if sizes.count(-1) > 1:
+    raise ConfigError(f'config.mesh ({shape}): at most one axis may be -1')
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ConfigError(f'config.mesh ({shape}) cannot fill {len(devices)} devices: '
+                        f'{known} does not divide {len(devices)}')
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ConfigError(f'config.mesh ({shape}) needs {math.prod(sizes)} devices but there are '
+                      f'{len(devices)}: make the sizes multiply to {len(devices)}, or use -1')
+  # Auto axes: jit's in/out shardings and GSPMD decide layouts (shard_map
+  # rejects the Explicit axes that jax.make_mesh would give by default).
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def _fit_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
+  """Replicates any dimension the mesh axes do not divide evenly (10 classes on 8 devices)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else (axes or ())
+    fitted.append(axes if dim % math.prod(mesh.shape[n] for n in names) == 0 else None)
+  return PartitionSpec(*fitted)
+
+
+def tree_shardings(abstract_tree, mesh, rules=LOGICAL_RULES):
+  """NamedShardings for a tree whose leaves may be boxed with logical axis names.
+
+  Unboxed leaves (step counters, BatchNorm statistics) are replicated. The
+  returned tree has the structure of the unboxed tree.
+  """
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      spec = nn.logical_to_mesh_axes(leaf.names, rules)
+      return NamedSharding(mesh, _fit_spec(spec, leaf.value.shape, mesh))
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_split(mesh) -> int:
+  """How many ways a batch is split: the global batch size must be a multiple."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def shard_batch(local_batch: dict, mesh) -> dict:
+  """This host's numpy rows -> one global jax.Array per field, split over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}

@@ -1,0 +1,28 @@
+"""Tasks: what a batch means. A task turns model outputs and a batch into a loss and metrics.
+
+The trainer calls only these three functions, so it never branches on the task:
+  loss(outputs, batch) -> (scalar loss, {name: scalar}) for the train step;
+  eval_sums(outputs, batch) -> {name: array} summed over every eval batch
+    (padding rows carry mask 0 and count for nothing);
+  summarize(sums) -> {name: float or array} on the host, once per split.
+"""
+
+from typing import Callable, NamedTuple
+
+from bigjax.tasks import classification
+
+
+class Task(NamedTuple):
+  loss: Callable
+  eval_sums: Callable
+  summarize: Callable
+
+
+# name -> module with check_config(task_config) and make(task_config, dataset) -> Task
+TASKS = {
+    'classification': classification,
+}
+
+
+def build(task_config, dataset) -> Task:
+  return Task(*TASKS[task_config.name].make(task_config, dataset))

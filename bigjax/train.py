@@ -1,0 +1,198 @@
+"""The one training loop: init, train_step, eval_step, checkpoints, logs.
+
+Every task and model goes through here. A task (bigjax/tasks) supplies the
+loss and metrics; this file never asks which task it runs.
+"""
+
+import json
+import os
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from bigjax import checkpoint, data, models, optim, sharding, tasks, writers
+from bigjax.config import ConfigError
+from bigjax.data import pipeline
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  model_state: Any  # the model's other collections, e.g. BatchNorm's batch_stats
+  opt_state: Any
+
+
+class Setup(NamedTuple):
+  """Everything a run needs before its first step, built from the config alone."""
+  mesh: jax.sharding.Mesh
+  dataset: data.Dataset
+  model: nn.Module
+  task: tasks.Task
+  tx: optax.GradientTransformation
+  batch_size: int  # global
+  abstract_state: TrainState  # of ShapeDtypeStructs with shardings: what a restore fills in
+  state_shardings: TrainState  # of NamedShardings
+  init: Callable[[], TrainState]  # jitted; creates the state already sharded
+
+
+def _example_inputs(dataset) -> np.ndarray:
+  return dataset.preprocess(dataset.splits['train'].read([0]))['inputs']
+
+
+def setup(config) -> Setup:
+  """Checks the config against the devices and data, and builds (but does not run) init.
+
+  Raises ConfigError for anything that cannot work, before any compile and
+  before anything is written.
+  """
+  mesh = sharding.make_mesh(config.mesh)
+  dataset = data.load(config.data)
+  batch_size = config.train.batch_size
+  if batch_size == -1:  # full-batch gradient descent
+    batch_size = len(dataset.splits['train'])
+  split = sharding.batch_split(mesh) * jax.process_count()
+  if batch_size % split:
+    raise ConfigError(f'config.train.batch_size={batch_size} is invalid: use a multiple of {split} '
+                      f'(mesh data x fsdp, times hosts)')
+  model = models.build(config.model, dataset.num_classes)
+  task = tasks.build(config.task, dataset)
+  tx = optim.build(config.optim, config.train.steps)
+  init_key = jax.random.split(jax.random.key(config.seed))[0]
+  inputs = jnp.asarray(_example_inputs(dataset))
+
+  def boxed_init():
+    variables = model.init({'params': init_key, 'dropout': init_key}, inputs, train=False)
+    params = variables.pop('params')
+    # Optimizer state built from boxed params keeps their logical axis names.
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                      opt_state=tx.init(params))
+
+  with jax.set_mesh(mesh):
+    boxed = jax.eval_shape(boxed_init)
+  shardings = sharding.tree_shardings(boxed, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  # Created already sharded: no array is ever whole on one device.
+  init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
+  return Setup(mesh, dataset, model, task, tx, batch_size, abstract, shardings, init)
+
+
+def make_train_step(s: Setup, config):
+  dropout_key = jax.random.split(jax.random.key(config.seed))[1]
+  schedule = optim.learning_rate(config.optim, config.train.steps)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run continues the same sequence
+
+    def loss_fn(params):
+      outputs, model_state = s.model.apply(
+          {'params': params, **state.model_state}, batch['inputs'], train=True,
+          rngs={'dropout': rng}, mutable=list(state.model_state))
+      loss, metrics = s.task.loss(outputs, batch)
+      return loss, (metrics, model_state)
+
+    grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      model_state=dict(model_state), opt_state=opt_state), metrics
+
+  batch = sharding.batch_sharding(s.mesh)
+  return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
+                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
+
+
+def make_evaluate(s: Setup):
+  """Returns evaluate(state, split) -> metrics over every example of the split."""
+  def eval_step(state: TrainState, batch):
+    outputs = s.model.apply({'params': state.params, **state.model_state}, batch['inputs'], train=False)
+    return s.task.eval_sums(outputs, batch)
+
+  eval_step = jax.jit(eval_step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
+                      out_shardings=sharding.replicated(s.mesh))
+
+  def evaluate(state: TrainState, split: str) -> dict:
+    sums = None
+    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size):
+      batch_sums = eval_step(state, sharding.shard_batch(batch, s.mesh))
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return s.task.summarize(jax.device_get(sums))
+  return evaluate
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
+  s = setup(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+  with jax.set_mesh(s.mesh):
+    train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess,
+                                         s.batch_size, config.seed)
+    mngr = checkpoint.manager(workdir, config.checkpoint)
+    state, step = checkpoint.restore(mngr, s.abstract_state, train_iter)
+    if state is None:
+      state = s.init()
+    else:
+      logging.info('Resumed from step %d in %s.', step, workdir)
+    train_step, evaluate = make_train_step(s, config), make_evaluate(s)
+    writer = writers.MetricWriter(workdir, resume_step=step)
+    progress = writers.Progress(config.train.steps, step, s.batch_size)
+    total, tc = config.train.steps, config.train
+    pending = []  # per-step metrics on device, fetched once per log interval (no per-step host sync)
+    while step < total:
+      batch = sharding.shard_batch(next(train_iter), s.mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      pending.append(metrics)
+      if step % tc.log_every == 0 or step == total:
+        fetched = jax.device_get(pending)
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        pending = []
+        writer.write(step, 'train', means)
+        progress.update(step, means)
+      if (tc.eval_every and step % tc.eval_every == 0) or step == total:
+        eval_metrics = evaluate(state, 'eval')
+        writer.write(step, 'eval', eval_metrics)
+        logging.info('eval at step %d: %s', step, writers.format_metrics(eval_metrics))
+      if step % config.checkpoint.every == 0 or step == total:
+        checkpoint.save(mngr, step, state, train_iter, config)
+    progress.close()
+    test_metrics = evaluate(state, 'test')
+    writer.write(step, 'test', test_metrics)
+    logging.info('test at step %d: %s', step, writers.format_metrics(test_metrics))
+    logging.info('test confusion matrix (rows: label, columns: prediction):\n%s',
+                 test_metrics.get('confusion_matrix'))
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  return test_metrics
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """Restores the newest checkpoint in workdir and evaluates it on eval and test."""
+  s = setup(config)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise ConfigError(f'no checkpoints in {ckpt_dir}: train first, or pass the --workdir of a run')
+  with jax.set_mesh(s.mesh):
+    mngr = checkpoint.manager(workdir, config.checkpoint)
+    state, step = checkpoint.restore(mngr, s.abstract_state)
+    if state is None:
+      raise ConfigError(f'no complete checkpoint in {ckpt_dir}: train first')
+    evaluate = make_evaluate(s)
+    results = {}
+    for split in ('eval', 'test'):
+      results[split] = evaluate(state, split)
+      scalars = {k: v for k, v in results[split].items() if np.ndim(v) == 0}
+      print(json.dumps({'step': step, 'split': split, **scalars}), flush=True)
+    mngr.close()
+  return results

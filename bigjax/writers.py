@@ -1,0 +1,110 @@
+"""Where metrics go: metrics.jsonl, TensorBoard (tensorboardX), and a console progress line.
+
+Only process 0 writes. Scalars go to metrics.jsonl and TensorBoard; arrays
+(per-class figures, confusion matrices) go to details.jsonl and TensorBoard text.
+"""
+
+import datetime
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def _is_scalar(value) -> bool:
+  return np.ndim(value) == 0
+
+
+def _keep_after_resume(line: str, step: int) -> bool:
+  """A restored run redoes every step after `step`, and the final test eval."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:  # a line cut short by a kill
+    return False
+  return record['step'] < step or (record['step'] == step and record['split'] != 'test')
+
+
+class MetricWriter:
+  """Appends to the workdir's logs; on resume, first drops what the resumed run will redo."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.start = time.time()
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
+    self.paths = {name: os.path.join(workdir, name) for name in ('metrics.jsonl', 'details.jsonl')}
+    for path in self.paths.values():
+      self._truncate(path, resume_step)
+    self.files = {name: open(path, 'a') for name, path in self.paths.items()}
+    self.tensorboard = SummaryWriter(logdir=workdir, flush_secs=10)
+
+  @staticmethod
+  def _truncate(path: str, step: int) -> None:
+    if not os.path.exists(path):
+      return
+    with open(path) as f:
+      lines = [line for line in f if _keep_after_resume(line, step)]
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(lines)
+    os.replace(path + '.tmp', path)  # atomic: a kill here loses nothing
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+    arrays = {k: np.asarray(v).tolist() for k, v in metrics.items() if not _is_scalar(v)}
+    elapsed = round(time.time() - self.start, 3)
+    for name, values in (('metrics.jsonl', scalars), ('details.jsonl', arrays)):
+      if values:
+        record = {'step': step, 'split': split, **values, 'time': elapsed}
+        self.files[name].write(json.dumps(record) + '\n')
+        self.files[name].flush()
+    for k, v in scalars.items():
+      self.tensorboard.add_scalar(f'{split}/{k}', v, step)
+    for k, v in arrays.items():
+      self.tensorboard.add_text(f'{split}/{k}', json.dumps(v), step)
+
+  def close(self) -> None:
+    if self.enabled:
+      for f in self.files.values():
+        f.close()
+      self.tensorboard.close()
+
+
+def format_metrics(metrics: dict) -> str:
+  return ' '.join(f'{k}={float(v):.4g}' for k, v in metrics.items() if _is_scalar(v))
+
+
+class Progress:
+  """step/total, loss, steps/s, examples/s and ETA: tqdm on a terminal, log lines otherwise."""
+
+  def __init__(self, total: int, start: int, batch_size: int):
+    self.total, self.batch_size = total, batch_size
+    self.last_step, self.last_time = start, time.time()
+    self.bar = None
+    if jax.process_index() == 0 and sys.stderr.isatty():
+      from tqdm import tqdm  # noqa: PLC0415
+      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+
+  def update(self, step: int, metrics: dict) -> None:
+    if jax.process_index() != 0:
+      return
+    now = time.time()
+    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    eta = datetime.timedelta(seconds=round((self.total - step) / max(steps_per_s, 1e-9)))
+    rates = f'{steps_per_s:.1f} steps/s {steps_per_s * self.batch_size:,.0f} ex/s'
+    if self.bar is not None:
+      self.bar.set_postfix_str(f'{format_metrics(metrics)} {rates}', refresh=False)
+      self.bar.update(step - self.bar.n)
+    else:
+      logging.info('step %d/%d %s | %s ETA %s', step, self.total, format_metrics(metrics), rates, eta)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
