@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = 'constant'  # constant | linear | cosine | rsqrt
   c.optim.warmup_steps = 0  # linear warmup from 0, before any schedule
   c.optim.momentum = 0.9  # momentum and nesterov only
-  c.optim.weight_decay = 1e-4  # adamw only
+  c.optim.weight_decay = 0.0  # adamw: decoupled; other optimizers: L2 added to the gradient
   c.optim.clip_norm = 0.0  # global-norm clipping; 0 turns it off
 
   c.train = ml_collections.ConfigDict()
@@ -87,6 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice(config.optim, 'optim', 'schedule', optim.SCHEDULES)
   need(config.optim.lr > 0, 'optim.lr', 'use a learning rate > 0')
   need(config.optim.warmup_steps >= 0, 'optim.warmup_steps', 'use a value >= 0')
+  need(config.optim.weight_decay >= 0, 'optim.weight_decay', 'use a value >= 0')
   need(config.optim.clip_norm >= 0, 'optim.clip_norm', 'use a value >= 0 (0 = no clipping)')
   need(config.train.steps > 0, 'train.steps', 'use a number of steps > 0')
   need(config.train.batch_size > 0 or config.train.batch_size == -1, 'train.batch_size',

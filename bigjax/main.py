@@ -112,7 +112,6 @@ def main(argv):
     validate(config)
     from bigjax import train  # noqa: PLC0415 (jax, flax and TFDS load only for valid input)
     if _MODE.value == 'train':
-      logging.info('Training %s into %s', _config_spec(sys.argv), workdir)
       train.train_and_evaluate(config, workdir)
     else:
       train.evaluate_checkpoint(config, workdir)

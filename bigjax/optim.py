@@ -1,4 +1,4 @@
-"""The optax optimizer a config asks for: schedule, optimizer, clipping.
+"""The optax optimizer a config asks for: schedule, optimizer, clipping, weight decay.
 
 Full-batch gradient descent is `optim.name=sgd` with `train.batch_size=-1`.
 """
@@ -35,7 +35,7 @@ def learning_rate(optim_config, total_steps: int) -> optax.Schedule:
 
 def build(optim_config, total_steps: int) -> optax.GradientTransformation:
   c = optim_config
-  optimizer = OPTIMIZERS[c.name](learning_rate(c, total_steps), c)
-  if c.clip_norm:
-    return optax.chain(optax.clip_by_global_norm(c.clip_norm), optimizer)
-  return optimizer
+  parts = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm else []
+  if c.weight_decay and c.name != 'adamw':  # adamw decays decoupled, inside the optimizer
+    parts.append(optax.add_decayed_weights(c.weight_decay))
+  return optax.chain(*parts, OPTIMIZERS[c.name](learning_rate(c, total_steps), c))

@@ -129,6 +129,7 @@ def make_evaluate(s: Setup):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
   s = setup(config)
+  logging.info('Training on %d device(s), mesh %s, into %s', len(s.mesh.devices.flat), dict(s.mesh.shape), workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
