@@ -20,8 +20,9 @@ from bigjax.config import ConfigError, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train (resumes from the newest checkpoint) | eval (newest checkpoint on eval and test).')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval'],
+    'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test).')
 
 
 def fail(message: str) -> None:

@@ -5,12 +5,11 @@ Full-batch gradient descent is `optim.name=sgd` with `train.batch_size=-1`.
 
 import optax
 
-
 # name -> (peak lr, decay steps) -> schedule; each starts at the peak lr.
 SCHEDULES = {
     'constant': lambda lr, steps: optax.constant_schedule(lr),
     'linear': lambda lr, steps: optax.linear_schedule(lr, 0.0, steps),
-    'cosine': lambda lr, steps: optax.cosine_decay_schedule(lr, steps),
+    'cosine': optax.cosine_decay_schedule,
     'rsqrt': lambda lr, steps: lambda step: lr / (1.0 + step) ** 0.5,
 }
 

@@ -6,7 +6,8 @@ loss and metrics; this file never asks which task it runs.
 
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -99,7 +100,7 @@ def make_train_step(s: Setup, config):
 
     grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
-    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.global_norm(grads)}
+    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       model_state=dict(model_state), opt_state=opt_state), metrics
 
@@ -129,7 +130,7 @@ def make_evaluate(s: Setup):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
   s = setup(config)
-  logging.info('Training on %d device(s), mesh %s, into %s', len(s.mesh.devices.flat), dict(s.mesh.shape), workdir)
+  logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -2,7 +2,8 @@
 
   python -m bigjax.main --config=experiments/digits_cnn.py --workdir=runs/digits_cnn
 
-Result: see the README (filled in from a measured run).
+Result (2026-11-28, 2-core x86_64 CPU, no GPU): test accuracy 0.9833, macro F1 0.9845,
+eval accuracy 0.9833, in 34 s wall time (about 67 steps/s). Bitwise repeatable.
 """
 
 from bigjax.config import base_config

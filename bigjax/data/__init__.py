@@ -6,7 +6,8 @@ into the data dir on first use; the others must have been prepared before.
 """
 
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -7,7 +7,8 @@ The trainer calls only these three functions, so it never branches on the task:
   summarize(sums) -> {name: float or array} on the host, once per split.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from bigjax.tasks import classification
 

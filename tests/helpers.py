@@ -1,0 +1,21 @@
+"""Helpers for tests that run bigjax as a user would."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, timeout=600, **popen_kwargs):
+  """Runs `python -m bigjax.main ARGS` from the repo root; returns the CompletedProcess."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', 'bigjax.main', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout, **popen_kwargs)
+
+
+def read_metrics(workdir, split=None):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return [r for r in records if split is None or r['split'] == split]

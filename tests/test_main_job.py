@@ -1,0 +1,74 @@
+"""The README's commands, end to end: accuracy, SIGKILL at any moment, no TensorFlow."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from helpers import REPO, read_metrics, run_main
+
+MAIN = ['--config=experiments/digits_mlp.py']
+
+
+def test_main_job_reaches_test_accuracy(main_job):
+  test = read_metrics(main_job, 'test')
+  assert len(test) == 1 and test[0]['step'] == 1500
+  assert test[0]['accuracy'] >= 0.96
+
+
+def test_digits_cnn_reaches_test_accuracy(data_dir, tmp_path):
+  result = run_main('--config=experiments/digits_cnn.py', f'--workdir={tmp_path}',
+                    f'--config.data.data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_metrics(str(tmp_path), 'test')[0]['accuracy'] >= 0.97
+
+
+def _start(workdir, data_dir):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.Popen([sys.executable, '-m', 'bigjax.main', *MAIN, f'--workdir={workdir}',
+                           f'--config.data.data_dir={data_dir}'], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_when(proc, ready, timeout=300):
+  """SIGKILLs proc as soon as ready() holds (polled every few ms); False if it ended first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if ready():
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      return True
+    time.sleep(0.003)
+  return False
+
+
+def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_dir, tmp_path):
+  """Kill 1 lands mid-save of checkpoint 1000; kill 2 at a random moment; the third run finishes."""
+  workdir = str(tmp_path / 'killed')
+  ckpts = os.path.join(workdir, 'checkpoints')
+  listing = lambda: os.listdir(ckpts) if os.path.isdir(ckpts) else []  # noqa: E731
+
+  proc = _start(workdir, data_dir)
+  assert _kill_when(proc, lambda: any(n.startswith('1000.') for n in listing())), 'run ended before the save'
+  assert '1000' not in listing() and '500' in listing()  # the half-written save is not a checkpoint
+
+  proc = _start(workdir, data_dir)
+  delay = random.Random().uniform(3.0, 10.0)  # the whole run takes about 14 s here
+  start = time.time()
+  _kill_when(proc, lambda: time.time() - start > delay)
+
+  assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
+  untimed = lambda w: [{k: v for k, v in r.items() if k != 'time'} for r in read_metrics(w)]  # noqa: E731
+  killed, clean = untimed(workdir), untimed(main_job)
+  assert killed[-1] == clean[-1] and killed[-1]['split'] == 'test'  # to the last digit
+  assert killed == clean  # and every line before it, with no line repeated
+
+
+def test_bigjax_never_imports_tensorflow(data_dir):
+  code = ('import sys; from bigjax import train; from bigjax.config import base_config; '
+          'from bigjax import data; c = base_config(); c.data.data_dir = sys.argv[1]; '
+          'data.load(c.data); assert "tensorflow" not in sys.modules, "tensorflow imported"')
+  result = subprocess.run([sys.executable, '-c', code, data_dir], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]

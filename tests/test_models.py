@@ -1,0 +1,78 @@
+"""Models: shapes, logical-axis annotations on every parameter, BatchNorm state."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax import models
+from bigjax.config import base_config
+
+
+def _model(name, **fields):
+  c = base_config().model
+  c.name = name
+  c.update(fields)
+  models.check_config(c)
+  return models.build(c, num_classes=10)
+
+
+@pytest.mark.parametrize('name, fields', [
+    ('mlp', {'depth': 3, 'width': 32}),
+    ('lenet', {'features': (8, 16), 'hidden': 32}),
+    ('resnet', {'stage_sizes': (1, 1), 'width': 8}),
+])
+def test_output_shape_and_every_param_is_annotated(name, fields):
+  model = _model(name, **fields)
+  x = jnp.ones((4, 8, 8, 1))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  boxed = jax.tree.leaves(variables['params'], is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
+  assert boxed and all(isinstance(v, nn.LogicallyPartitioned) for v in boxed)
+  assert all(len(v.names) == v.value.ndim for v in boxed)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), x))
+  out = model.apply(params, x, train=False)
+  assert out.shape == (4, 10)
+
+
+def test_activation_changes_the_function():
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  outs = {}
+  for act in ('relu', 'tanh', 'sigmoid', 'gelu', 'silu'):
+    model = _model('mlp', depth=1, width=16, activation=act)
+    outs[act] = model.apply(nn.meta.unbox(model.init(jax.random.key(0), x)), x)
+  values = list(outs.values())
+  assert all(not np.allclose(a, b) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def test_dropout_only_in_training():
+  model = _model('mlp', depth=1, width=64, dropout=0.5)
+  x = jnp.ones((2, 8, 8, 1))
+  params = nn.meta.unbox(model.init(jax.random.key(0), x))
+  a = model.apply(params, x, train=True, rngs={'dropout': jax.random.key(1)})
+  b = model.apply(params, x, train=True, rngs={'dropout': jax.random.key(2)})
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(model.apply(params, x), model.apply(params, x))
+
+
+def test_resnet_batch_stats_update_in_training_and_are_used_in_eval():
+  model = _model('resnet', stage_sizes=(1,), width=8)
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1)) * 3 + 2
+  variables = nn.meta.unbox(model.init(jax.random.key(0), x))
+  assert set(variables) == {'params', 'batch_stats'}
+  _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updated['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  eval_old = model.apply(variables, x)
+  eval_new = model.apply({**variables, **updated}, x)
+  assert not np.allclose(eval_old, eval_new)
+
+
+def test_unknown_model_field_is_rejected():
+  from bigjax.config import ConfigError
+  c = base_config().model
+  c.name = 'lenet'
+  c.width = 3  # the MLP's field, not LeNet's
+  with pytest.raises(ConfigError, match='model.width'):
+    models.check_config(c)
