@@ -9,6 +9,19 @@ names the field and what is allowed.
 import ml_collections
 from ml_collections import config_dict
 
+# Which mesh axes each logical axis name is split over (None: replicated).
+LOGICAL_RULES = (
+    ('batch', ('data', 'fsdp')),  # fsdp is data parallelism whose weights are sharded too
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('vocab', 'tensor'),
+    ('conv_in', 'fsdp'),
+    ('conv_out', 'tensor'),
+    ('classes', None),
+)
+
 
 class ConfigError(ValueError):
   """A config value that cannot work; main.py prints it and exits with 2."""
@@ -56,6 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Logical axis name -> mesh axes (MaxText-style); the first rule for a name wins.
+  c.mesh.rules = LOGICAL_RULES
+
+  c.parallel = ml_collections.ConfigDict()
+  # auto: GSPMD partitions the step from the shardings. shard_map: explicit data
+  # parallelism, per-device loss and gradients then pmean (mesh.tensor must be 1).
+  c.parallel.mode = 'auto'
   return c
 
 
@@ -99,3 +119,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for axis in ('data', 'fsdp', 'tensor'):
     need(config.mesh[axis] == -1 or config.mesh[axis] > 0, f'mesh.{axis}',
          'use a size > 0, or -1 for the devices left over')
+  axes = {'data', 'fsdp', 'tensor', None}
+  need(all(len(r) == 2 and isinstance(r[0], str)
+           and set(r[1] if isinstance(r[1], tuple) else (r[1],)) <= axes for r in config.mesh.rules),
+       'mesh.rules', "use (logical name, mesh axes) pairs; axes: 'data', 'fsdp', 'tensor', a tuple, or None")
+  check_choice(config.parallel, 'parallel', 'mode', ('auto', 'shard_map'))
+  need(config.parallel.mode == 'auto' or config.mesh.tensor == 1, 'mesh.tensor',
+       'parallel.mode=shard_map is data parallel only: use mesh.tensor=1, or parallel.mode=auto')

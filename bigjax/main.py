@@ -1,7 +1,8 @@
 """bigjax's entry point.
 
   python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
-      [--workdir=runs/digits] [--mode=train|eval]
+      [--workdir=runs/digits] [--mode=train|eval] [--dry_run]
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Bad input (an unknown field, a wrong type, a missing config file, an invalid
 value) is reported in one line with exit status 2, before anything is compiled
@@ -9,6 +10,7 @@ or written.
 """
 
 import importlib.util
+import json
 import logging as python_logging
 import os
 import sys
@@ -23,6 +25,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<confi
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval'],
     'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test).')
+
+
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Compile the train step for the mesh, print one JSON line of memory and FLOPs, exit.')
+# Multi-host: explicit, or detected on Cloud TPU and SLURM (jax.distributed's own detection).
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', None, 'Initialize jax.distributed by auto-detection; default: when on a '
+    'multi-task SLURM job or a multi-host Cloud TPU.')
 
 
 def fail(message: str) -> None:
@@ -103,6 +116,27 @@ def _quiet_libraries(record) -> bool:
   return record.levelno >= python_logging.WARNING or f'{os.sep}bigjax{os.sep}' in record.pathname
 
 
+def _multi_host_environment() -> bool:
+  slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  tpu = len([h for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+  return slurm or tpu
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize, before any JAX computation, when the run is multi-process."""
+  import jax
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_host_environment()):
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('Process %d of %d, %d local of %d devices.', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one voice on the console: process 0's
+
+
 def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   if len(argv) > 1:
@@ -111,8 +145,14 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(_config_spec(sys.argv))
   try:
     validate(config)
-    from bigjax import train  # noqa: PLC0415 (jax, flax and TFDS load only for valid input)
-    if _MODE.value == 'train':
+    if _COORDINATOR.value is not None and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+      raise ConfigError('--coordinator_address needs --num_processes and --process_id too')
+    init_distributed()
+    from bigjax import train  # jax, flax and TFDS load only for valid input
+    if _DRY_RUN.value:
+      from bigjax import dry_run
+      print(json.dumps(dry_run.report(config)), flush=True)
+    elif _MODE.value == 'train':
       train.train_and_evaluate(config, workdir)
     else:
       train.evaluate_checkpoint(config, workdir)

@@ -1,11 +1,12 @@
 """Device mesh, logical-axis rules, and the shardings of state and batches.
 
 Models name the axes of their parameters logically (`embed`, `mlp`, `conv_out`,
-...). LOGICAL_RULES maps those names to the mesh axes `data`, `fsdp` and
+...). `config.mesh.rules` maps those names to the mesh axes `data`, `fsdp` and
 `tensor`, MaxText-style, so one model runs data-parallel, fully sharded or
 tensor-parallel by changing only `config.mesh`. One device is a mesh of size 1.
 """
 
+import contextlib
 import math
 
 import flax.linen as nn
@@ -17,19 +18,6 @@ from bigjax.config import ConfigError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # batches split over both: fsdp is data parallelism with sharded weights
-
-# Logical name -> mesh axis (or None: replicated). The first rule for a name wins.
-LOGICAL_RULES = (
-    ('batch', BATCH_AXES),
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv', None),
-    ('vocab', 'tensor'),
-    ('conv_in', 'fsdp'),
-    ('conv_out', 'tensor'),
-    ('classes', None),
-)
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
@@ -63,7 +51,7 @@ def _fit_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
   return PartitionSpec(*fitted)
 
 
-def tree_shardings(abstract_tree, mesh, rules=LOGICAL_RULES):
+def tree_shardings(abstract_tree, mesh, rules):
   """NamedShardings for a tree whose leaves may be boxed with logical axis names.
 
   Unboxed leaves (step counters, BatchNorm statistics) are replicated. The
@@ -77,6 +65,13 @@ def tree_shardings(abstract_tree, mesh, rules=LOGICAL_RULES):
   return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
+@contextlib.contextmanager
+def active(mesh, rules):
+  """Makes `mesh` the current mesh and `rules` the logical-axis rules while tracing."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
@@ -88,6 +83,16 @@ def replicated(mesh) -> NamedSharding:
 def batch_split(mesh) -> int:
   """How many ways a batch is split: the global batch size must be a multiple."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def host_batch_rows(mesh, batch_size: int) -> np.ndarray:
+  """The rows of a global batch that this process's devices hold, in order.
+
+  A process feeds exactly these rows to make_array_from_process_local_data, so a
+  batch is the same global array whatever the number of processes.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  return np.unique(np.concatenate([np.arange(batch_size)[index[0]] for index in index_map.values()]))
 
 
 def shard_batch(local_batch: dict, mesh) -> dict:

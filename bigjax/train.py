@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import struct
+from jax.sharding import PartitionSpec
 
 from bigjax import checkpoint, data, models, optim, sharding, tasks, writers
 from bigjax.config import ConfigError
@@ -32,6 +33,7 @@ class TrainState(struct.PyTreeNode):
 class Setup(NamedTuple):
   """Everything a run needs before its first step, built from the config alone."""
   mesh: jax.sharding.Mesh
+  rules: tuple  # logical axis name -> mesh axes
   dataset: data.Dataset
   model: nn.Module
   task: tasks.Task
@@ -65,48 +67,74 @@ def setup(config) -> Setup:
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
   init_key = jax.random.split(jax.random.key(config.seed))[0]
-  inputs = jnp.asarray(_example_inputs(dataset))
+  example = _example_inputs(dataset)
 
   def boxed_init():
+    inputs = jnp.zeros(example.shape, example.dtype)  # only shapes matter to init
     variables = model.init({'params': init_key, 'dropout': init_key}, inputs, train=False)
     params = variables.pop('params')
     # Optimizer state built from boxed params keeps their logical axis names.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
                       opt_state=tx.init(params))
 
-  with jax.set_mesh(mesh):
+  rules = tuple(config.mesh.rules)
+  with sharding.active(mesh, rules):
     boxed = jax.eval_shape(boxed_init)
-  shardings = sharding.tree_shardings(boxed, mesh)
+  shardings = sharding.tree_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
   # Created already sharded: no array is ever whole on one device.
   init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
-  return Setup(mesh, dataset, model, task, tx, batch_size, abstract, shardings, init)
+  return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init)
 
 
 def make_train_step(s: Setup, config):
   dropout_key = jax.random.split(jax.random.key(config.seed))[1]
   schedule = optim.learning_rate(config.optim, config.train.steps)
 
+  def grads_and_metrics(params, model_state, batch, rng):
+    def loss_fn(params):
+      outputs, new_model_state = s.model.apply(
+          {'params': params, **model_state}, batch['inputs'], train=True,
+          rngs={'dropout': rng}, mutable=list(model_state))
+      loss, metrics = s.task.loss(outputs, batch)
+      return loss, (metrics, dict(new_model_state))
+    grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(params)
+    return grads, metrics, new_model_state
+
+  if config.parallel.mode == 'shard_map':
+    grads_and_metrics = _data_parallel(grads_and_metrics, s.mesh)
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run continues the same sequence
-
-    def loss_fn(params):
-      outputs, model_state = s.model.apply(
-          {'params': params, **state.model_state}, batch['inputs'], train=True,
-          rngs={'dropout': rng}, mutable=list(state.model_state))
-      loss, metrics = s.task.loss(outputs, batch)
-      return loss, (metrics, model_state)
-
-    grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rng)
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      model_state=dict(model_state), opt_state=opt_state), metrics
+                      model_state=model_state, opt_state=opt_state), metrics
 
   batch = sharding.batch_sharding(s.mesh)
   return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
+
+
+def _data_parallel(grads_and_metrics, mesh):
+  """The same computation as explicit data parallelism: each device takes its slice of
+  the batch, computes loss and gradients alone, then one pmean averages them.
+
+  Equal to the automatic (GSPMD) path up to float summation order. BatchNorm
+  statistics become averages of per-device statistics, and each device draws its
+  own dropout mask.
+  """
+  axes = sharding.BATCH_AXES
+
+  def local(params, model_state, batch, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
+    return jax.lax.pmean(grads_and_metrics(params, model_state, batch, rng), axes)
+
+  replicated, split = PartitionSpec(), PartitionSpec(axes)
+  return jax.shard_map(local, mesh=mesh, in_specs=(replicated, replicated, split, replicated),
+                       out_specs=replicated, check_vma=False)
 
 
 def make_evaluate(s: Setup):
@@ -120,7 +148,8 @@ def make_evaluate(s: Setup):
 
   def evaluate(state: TrainState, split: str) -> dict:
     sums = None
-    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size):
+    rows = sharding.host_batch_rows(s.mesh, s.batch_size)
+    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size, rows):
       batch_sums = eval_step(state, sharding.shard_batch(batch, s.mesh))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return s.task.summarize(jax.device_get(sums))
@@ -136,9 +165,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
-  with jax.set_mesh(s.mesh):
-    train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess,
-                                         s.batch_size, config.seed)
+  with sharding.active(s.mesh, s.rules):
+    train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess, s.batch_size,
+                                         config.seed, sharding.host_batch_rows(s.mesh, s.batch_size))
     mngr = checkpoint.manager(workdir, config.checkpoint)
     state, step = checkpoint.restore(mngr, s.abstract_state, train_iter)
     if state is None:
@@ -154,6 +183,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       batch = sharding.shard_batch(next(train_iter), s.mesh)
       state, metrics = train_step(state, batch)
       step += 1
+      if pending:
+        # At most two steps in flight: enough to keep a device busy, and it bounds the
+        # dispatch queue (multi-process CPU collectives deadlock when many steps queue up).
+        jax.block_until_ready(pending[-1])
       pending.append(metrics)
       if step % tc.log_every == 0 or step == total:
         fetched = jax.device_get(pending)
@@ -185,7 +218,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(ckpt_dir):
     raise ConfigError(f'no checkpoints in {ckpt_dir}: train first, or pass the --workdir of a run')
-  with jax.set_mesh(s.mesh):
+  with sharding.active(s.mesh, s.rules):
     mngr = checkpoint.manager(workdir, config.checkpoint)
     state, step = checkpoint.restore(mngr, s.abstract_state)
     if state is None:

@@ -8,9 +8,12 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args, timeout=600, **popen_kwargs):
-  """Runs `python -m bigjax.main ARGS` from the repo root; returns the CompletedProcess."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+def run_main(*args, timeout=600, env=None, **popen_kwargs):
+  """Runs `python -m bigjax.main ARGS` from the repo root; returns the CompletedProcess.
+
+  `env` adds to the environment, e.g. XLA_FLAGS for simulated devices.
+  """
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
   return subprocess.run([sys.executable, '-m', 'bigjax.main', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout, **popen_kwargs)
 

@@ -9,9 +9,11 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
 from bigjax.config import ConfigError
 from bigjax.data import digits, pipeline
@@ -64,7 +66,14 @@ def load(data_config) -> Dataset:
   spec = DATASETS[data_config.name]
   data_dir = data_config.data_dir
   if spec.builder is not None:
-    _prepare_offline(spec, data_dir)
+    # Process 0 prepares first so that hosts sharing a filesystem do not race on the same
+    # directory; the others then prepare only if their (local) disk still lacks it.
+    if jax.process_index() == 0:
+      _prepare_offline(spec, data_dir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'bigjax: {spec.tfds_name} prepared')
+    if jax.process_index() != 0:
+      _prepare_offline(spec, data_dir)
   splits = {}
   for split, tfds_split in spec.splits.items():
     try:

@@ -1,8 +1,8 @@
 """The grain input pipeline over random-access splits.
 
-Train: one global shuffle from the seed (a new order every epoch); host h of P
-takes positions h, h+P, h+2P, ... of each global batch of that order, so the
-global batch is the same set of rows whatever the number of hosts. Element i of
+Train: one global shuffle from the seed (a new order every epoch); each host
+reads only the rows of each global batch that its devices hold, so the global
+batch is the same array whatever the number of hosts. Element i of
 the grain dataset is batch i, read in one call, which keeps per-row Python off
 the hot path. The iterator is grain's, checkpointed with the model, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
@@ -11,10 +11,7 @@ Eval: every example exactly once, padded to whole batches; padding rows carry
 mask 0 so they count for nothing.
 """
 
-import math
-
 import grain
-import jax
 import numpy as np
 
 
@@ -43,12 +40,6 @@ class Split:
     return _stack([self.source[int(i)] for i in indices])
 
 
-def _host_rows(batch_size: int) -> int:
-  if batch_size % jax.process_count():
-    raise ValueError(f'batch size {batch_size} is not a multiple of {jax.process_count()} hosts')
-  return batch_size // jax.process_count()
-
-
 class _EpochOrder:
   """Global position -> example index: epoch e is a permutation seeded by (seed, e).
 
@@ -68,28 +59,32 @@ class _EpochOrder:
     return np.array([self.cache[e][p] for e, p in zip(epochs, positions % self.n)])
 
 
-def train_iterator(split: Split, preprocess, batch_size: int, seed: int):
-  """An endless, checkpointable iterator of this host's share of each global batch."""
+def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None):
+  """An endless, checkpointable iterator of batches from a shuffled order of the split.
+
+  `rows` are the rows of each global batch this host reads (all, by default); on
+  several hosts they are the rows its devices hold, so that the global batch is the
+  same as on one host (sharding.host_batch_rows).
+  """
   order = _EpochOrder(len(split), seed)
-  # Host h of P takes positions h, h+P, ... of each global batch of the endless shuffled order.
-  mine = np.arange(jax.process_index(), batch_size, jax.process_count())
-  _host_rows(batch_size)  # checks the split is even
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
 
   def load(step: int) -> dict:
-    return preprocess(split.read(order(step * batch_size + mine)))
+    return preprocess(split.read(order(step * batch_size + rows)))
 
   ds = grain.MapDataset.range(2**62).map(load)  # element i is batch i: a prefix of forever
   # The prefetch thread only reads ahead; which rows a batch holds depends on its index alone.
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(split: Split, preprocess, batch_size: int):
-  """Yields this host's share of each padded global batch, with a 0/1 'mask'."""
+def eval_batches(split: Split, preprocess, batch_size: int, rows=None):
+  """Yields every example once, in global batches padded at the end, with a 0/1 'mask'.
+
+  `rows` as in train_iterator: this host's rows of each global batch.
+  """
   n = len(split)
-  positions = np.arange(math.ceil(n / batch_size) * batch_size)
-  rows = _host_rows(batch_size)
-  mine = positions[jax.process_index()::jax.process_count()]
-  for start in range(0, len(mine), rows):
-    chunk = mine[start:start + rows]
-    batch = preprocess(split.read(np.minimum(chunk, n - 1)))
-    yield {**batch, 'mask': (chunk < n).astype(np.int32)}
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  for start in range(0, n, batch_size):
+    positions = start + rows
+    batch = preprocess(split.read(np.minimum(positions, n - 1)))
+    yield {**batch, 'mask': (positions < n).astype(np.int32)}
