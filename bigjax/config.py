@@ -20,6 +20,8 @@ LOGICAL_RULES = (
     ('conv_in', 'fsdp'),
     ('conv_out', 'tensor'),
     ('classes', None),
+    ('layers', None),  # the stacked axis of scanned layers
+    ('length', None),  # sequence positions of activations
 )
 
 
@@ -59,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128  # global, over all hosts; -1 = the whole train split
   c.train.eval_every = 500  # steps between evals on the eval split; 0 = only at the end
   c.train.log_every = 100
+  c.train.grad_accum = 1  # micro-batches per step: same result, 1/k of the activation memory
+  c.train.peak_flops = 0.0  # per device, for MFU; 0: from the device table, or measured on CPU
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500  # a final checkpoint is always written too
@@ -114,6 +118,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'use a size > 0, or -1 for the whole train split')
   need(config.train.eval_every >= 0, 'train.eval_every', 'use a step interval >= 0 (0 = only at the end)')
   need(config.train.log_every > 0, 'train.log_every', 'use a step interval > 0')
+  need(config.train.grad_accum > 0, 'train.grad_accum', 'use a number of micro-batches > 0')
+  need(config.train.batch_size == -1 or config.train.batch_size % config.train.grad_accum == 0,
+       'train.grad_accum', f'use a divisor of train.batch_size={config.train.batch_size}')
+  need(config.train.peak_flops >= 0, 'train.peak_flops', 'use FLOP/s per device, or 0 for automatic')
   need(config.checkpoint.every > 0, 'checkpoint.every', 'use a step interval > 0')
   need(config.checkpoint.keep > 0, 'checkpoint.keep', 'keep at least 1 checkpoint')
   for axis in ('data', 'fsdp', 'tensor'):

@@ -24,14 +24,8 @@ def _per_device_bytes(abstract_tree) -> int:
 def report(config) -> dict:
   s = train.setup(config)
   with sharding.active(s.mesh, s.rules):
-    example = s.dataset.preprocess(s.dataset.splits['train'].read([0]))
-    batch_sharding = sharding.batch_sharding(s.mesh)
-    batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
-             for k, v in example.items()}
-    compiled = train.make_train_step(s, config).lower(s.abstract_state, batch).compile()
+    compiled = train.compile_train_step(s, config)
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # older JAX returns one dict per program
   state = s.abstract_state
   return {
       'devices': s.mesh.size,
@@ -44,7 +38,6 @@ def report(config) -> dict:
           'total': int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                        - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
       },
-      # XLA costs the partitioned per-device program; the step is that on every device.
-      'flops_per_step': float(cost.get('flops', 0.0)) * s.mesh.size,
-      'flops_per_device': float(cost.get('flops', 0.0)),
+      'flops_per_step': train.xla_flops(compiled),
+      'flops_per_device': train.xla_flops(compiled) / s.mesh.size,
   }

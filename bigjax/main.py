@@ -23,8 +23,15 @@ from bigjax.config import ConfigError, validate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval'],
-    'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test).')
+    'mode', 'train', ['train', 'eval', 'sample'],
+    'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test) | '
+    'sample (a language model continues --prompt).')
+_PROMPT = flags.DEFINE_string('prompt', '', '--mode=sample: the text to continue.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 3, '--mode=sample: continuations to print.')
+_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, '--mode=sample: tokens per continuation.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '--mode=sample: 0 is greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 40, '--mode=sample: keep the k likeliest tokens (0: all).')
+_TOP_P = flags.DEFINE_float('top_p', 0.95, '--mode=sample: keep the smallest set with this mass (1: all).')
 
 
 _DRY_RUN = flags.DEFINE_bool(
@@ -154,6 +161,17 @@ def main(argv):
       print(json.dumps(dry_run.report(config)), flush=True)
     elif _MODE.value == 'train':
       train.train_and_evaluate(config, workdir)
+    elif _MODE.value == 'sample':
+      if _NUM_SAMPLES.value < 1 or _MAX_NEW_TOKENS.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 \
+          or not 0 < _TOP_P.value <= 1:
+        raise ConfigError('--num_samples and --max_new_tokens must be >= 1, --temperature >= 0, '
+                          '--top_k >= 0 and 0 < --top_p <= 1')
+      from bigjax import decode
+      for text in decode.sample_checkpoint(
+          config, workdir, _PROMPT.value, num_samples=_NUM_SAMPLES.value,
+          max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+          top_p=_TOP_P.value):
+        print(f'--- {_PROMPT.value}{text}', flush=True)
     else:
       train.evaluate_checkpoint(config, workdir)
   except ConfigError as e:

@@ -3,6 +3,7 @@
 Full-batch gradient descent is `optim.name=sgd` with `train.batch_size=-1`.
 """
 
+import jax
 import optax
 
 # name -> (peak lr, decay steps) -> schedule; each starts at the peak lr.
@@ -13,12 +14,20 @@ SCHEDULES = {
     'rsqrt': lambda lr, steps: lambda step: lr / (1.0 + step) ** 0.5,
 }
 
+
+def decayed(params):
+  """True for weights that decoupled decay applies to: not norms' scales, not biases (GPT-2)."""
+  def keep(path, _):
+    return not any(getattr(key, 'key', None) in ('scale', 'bias') for key in path)
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
 OPTIMIZERS = {
     'sgd': lambda lr, c: optax.sgd(lr),
     'momentum': lambda lr, c: optax.sgd(lr, momentum=c.momentum),
     'nesterov': lambda lr, c: optax.sgd(lr, momentum=c.momentum, nesterov=True),
     'adam': lambda lr, c: optax.adam(lr),
-    'adamw': lambda lr, c: optax.adamw(lr, weight_decay=c.weight_decay),
+    'adamw': lambda lr, c: optax.adamw(lr, weight_decay=c.weight_decay, mask=decayed),
 }
 
 

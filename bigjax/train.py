@@ -5,6 +5,7 @@ loss and metrics; this file never asks which task it runs.
 """
 
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, models, optim, sharding, tasks, writers
+from bigjax import checkpoint, data, flops, models, optim, sharding, tasks, writers
 from bigjax.config import ConfigError
 from bigjax.data import pipeline
 
@@ -59,10 +60,10 @@ def setup(config) -> Setup:
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
     batch_size = len(dataset.splits['train'])
-  split = sharding.batch_split(mesh) * jax.process_count()
+  split = sharding.batch_split(mesh) * jax.process_count() * config.train.grad_accum
   if batch_size % split:
     raise ConfigError(f'config.train.batch_size={batch_size} is invalid: use a multiple of {split} '
-                      f'(mesh data x fsdp, times hosts)')
+                      f'(mesh data x fsdp, times hosts, times train.grad_accum)')
   model = models.build(config.model, dataset.num_classes)
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
@@ -102,6 +103,8 @@ def make_train_step(s: Setup, config):
     grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, metrics, new_model_state
 
+  if config.train.grad_accum > 1:
+    grads_and_metrics = _accumulate(grads_and_metrics, config.train.grad_accum)
   if config.parallel.mode == 'shard_map':
     grads_and_metrics = _data_parallel(grads_and_metrics, s.mesh)
 
@@ -116,6 +119,53 @@ def make_train_step(s: Setup, config):
   batch = sharding.batch_sharding(s.mesh)
   return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
+
+
+def compile_train_step(s: Setup, config):
+  """The train step compiled ahead of time for the global batch's shapes and shardings.
+
+  The compiled executable also reports XLA's memory and FLOP analysis (--dry_run, MFU).
+  """
+  example = s.dataset.preprocess(s.dataset.splits['train'].read([0]))
+  batch_sharding = sharding.batch_sharding(s.mesh)
+  batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
+           for k, v in example.items()}
+  return make_train_step(s, config).lower(s.abstract_state, batch).compile()
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOPs for one step on all devices (it costs the per-device program).
+
+  XLA counts a loop body once, so with train.grad_accum > 1 this is one micro-batch's.
+  """
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # older JAX: one dict per program
+  return float(cost.get('flops', 0.0)) * jax.device_count()
+
+
+def _accumulate(grads_and_metrics, steps: int):
+  """The same gradient from `steps` micro-batches, one after another (lax.scan): the
+  memory of a batch / steps, the result of the whole batch (mean of equal-size means).
+
+  Micro-batch i holds rows i, i + steps, ... so each one is spread over every device.
+  """
+  def accumulated(params, model_state, batch, rng):
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def one(carry, inputs):
+      grads, metrics, model_state = carry
+      i, micro_batch = inputs
+      g, m, model_state = grads_and_metrics(params, model_state, micro_batch, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m), model_state), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    first = jax.tree.map(lambda x: x[0], micro)
+    metric_shapes = jax.eval_shape(lambda: grads_and_metrics(params, model_state, first, rng)[1])
+    init = (zeros, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes), model_state)
+    (grads, metrics, model_state), _ = jax.lax.scan(one, init, (jnp.arange(steps), micro))
+    return (jax.tree.map(lambda g: g / steps, grads), jax.tree.map(lambda m: m / steps, metrics),
+            model_state)
+  return accumulated
 
 
 def _data_parallel(grads_and_metrics, mesh):
@@ -156,6 +206,26 @@ def make_evaluate(s: Setup):
   return evaluate
 
 
+def _throughput(s: Setup, config, compiled_step):
+  """Returns steps/s -> {'<units>_per_s', 'mfu'} for the train log, and logs the FLOPs behind it."""
+  units, per_example = s.task.units
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
+  example_shape = _example_inputs(s.dataset).shape[1:]
+  xla = xla_flops(compiled_step)
+  per_example_flops = models.flops_per_example(config.model, num_params, example_shape)
+  model = per_example_flops * s.batch_size if per_example_flops else xla
+  peak, source = flops.peak_flops(config.train.peak_flops)
+  logging.info('%s parameters; model FLOPs per step %.4g (XLA counts %.4g); peak %.4g FLOP/s (%s).',
+               f'{num_params:,}', model, xla, peak, source)
+
+  def rates(steps_per_s: float) -> dict:
+    out = {f'{units}_per_s': steps_per_s * s.batch_size * per_example}
+    if peak:
+      out['mfu'] = model * steps_per_s / peak
+    return out
+  return rates
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
   s = setup(config)
@@ -174,9 +244,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = s.init()
     else:
       logging.info('Resumed from step %d in %s.', step, workdir)
-    train_step, evaluate = make_train_step(s, config), make_evaluate(s)
+    train_step, evaluate = compile_train_step(s, config), make_evaluate(s)
+    rates = _throughput(s, config, train_step)
     writer = writers.MetricWriter(workdir, resume_step=step)
-    progress = writers.Progress(config.train.steps, step, s.batch_size)
+    progress = writers.Progress(config.train.steps, step)
     total, tc = config.train.steps, config.train
     pending = []  # per-step metrics on device, fetched once per log interval (no per-step host sync)
     while step < total:
@@ -192,8 +263,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         fetched = jax.device_get(pending)
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         pending = []
+        means.update(rates(progress.tick(step)))
         writer.write(step, 'train', means)
-        progress.update(step, means)
+        progress.show(step, means)
       if (tc.eval_every and step % tc.eval_every == 0) or step == total:
         eval_metrics = evaluate(state, 'eval')
         writer.write(step, 'eval', eval_metrics)
@@ -212,22 +284,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return test_metrics
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """Restores the newest checkpoint in workdir and evaluates it on eval and test."""
-  s = setup(config)
+def restore_newest(s: Setup, config, workdir: str):
+  """(state, step) of the newest complete checkpoint in workdir; ConfigError if there is none."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(ckpt_dir):
     raise ConfigError(f'no checkpoints in {ckpt_dir}: train first, or pass the --workdir of a run')
+  mngr = checkpoint.manager(workdir, config.checkpoint)
+  state, step = checkpoint.restore(mngr, s.abstract_state)
+  mngr.close()
+  if state is None:
+    raise ConfigError(f'no complete checkpoint in {ckpt_dir}: train first')
+  return state, step
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """Restores the newest checkpoint in workdir and evaluates it on eval and test."""
+  s = setup(config)
   with sharding.active(s.mesh, s.rules):
-    mngr = checkpoint.manager(workdir, config.checkpoint)
-    state, step = checkpoint.restore(mngr, s.abstract_state)
-    if state is None:
-      raise ConfigError(f'no complete checkpoint in {ckpt_dir}: train first')
+    state, step = restore_newest(s, config, workdir)
     evaluate = make_evaluate(s)
     results = {}
     for split in ('eval', 'test'):
       results[split] = evaluate(state, split)
       scalars = {k: v for k, v in results[split].items() if np.ndim(v) == 0}
       print(json.dumps({'step': step, 'split': split, **scalars}), flush=True)
-    mngr.close()
   return results

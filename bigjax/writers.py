@@ -81,29 +81,34 @@ def format_metrics(metrics: dict) -> str:
 
 
 class Progress:
-  """step/total, loss, steps/s, examples/s and ETA: tqdm on a terminal, log lines otherwise."""
+  """step/total, metrics (throughput included) and ETA: tqdm on a terminal, log lines otherwise."""
 
-  def __init__(self, total: int, start: int, batch_size: int):
-    self.total, self.batch_size = total, batch_size
+  def __init__(self, total: int, start: int):
+    self.total = total
     self.last_step, self.last_time = start, time.time()
+    self.steps_per_s = 0.0
     self.bar = None
     if jax.process_index() == 0 and sys.stderr.isatty():
       from tqdm import tqdm  # noqa: PLC0415
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
 
-  def update(self, step: int, metrics: dict) -> None:
+  def tick(self, step: int) -> float:
+    """Steps per second since the last tick."""
+    now = time.time()
+    self.steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    return self.steps_per_s
+
+  def show(self, step: int, metrics: dict) -> None:
     if jax.process_index() != 0:
       return
-    now = time.time()
-    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
-    self.last_step, self.last_time = step, now
-    eta = datetime.timedelta(seconds=round((self.total - step) / max(steps_per_s, 1e-9)))
-    rates = f'{steps_per_s:.1f} steps/s {steps_per_s * self.batch_size:,.0f} ex/s'
+    eta = datetime.timedelta(seconds=round((self.total - step) / max(self.steps_per_s, 1e-9)))
     if self.bar is not None:
-      self.bar.set_postfix_str(f'{format_metrics(metrics)} {rates}', refresh=False)
+      self.bar.set_postfix_str(f'{format_metrics(metrics)} {self.steps_per_s:.1f} steps/s', refresh=False)
       self.bar.update(step - self.bar.n)
     else:
-      logging.info('step %d/%d %s | %s ETA %s', step, self.total, format_metrics(metrics), rates, eta)
+      logging.info('step %d/%d %s | %.1f steps/s ETA %s', step, self.total, format_metrics(metrics),
+                   self.steps_per_s, eta)
 
   def close(self) -> None:
     if self.bar is not None:

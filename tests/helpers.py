@@ -22,3 +22,6 @@ def read_metrics(workdir, split=None):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   return [r for r in records if split is None or r['split'] == split]
+
+# Train-line fields that measure the machine, not the run: they differ between equal runs.
+RATES = ('time', 'examples_per_s', 'tokens_per_s', 'mfu')

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from helpers import REPO, read_metrics, run_main
+from helpers import RATES, REPO, read_metrics, run_main
 
 MAIN = ['--config=experiments/digits_mlp.py']
 
@@ -60,7 +60,7 @@ def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_d
   _kill_when(proc, lambda: time.time() - start > delay)
 
   assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
-  untimed = lambda w: [{k: v for k, v in r.items() if k != 'time'} for r in read_metrics(w)]  # noqa: E731
+  untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
   killed, clean = untimed(workdir), untimed(main_job)
   assert killed[-1] == clean[-1] and killed[-1]['split'] == 'test'  # to the last digit
   assert killed == clean  # and every line before it, with no line repeated

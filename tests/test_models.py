@@ -15,7 +15,7 @@ def _model(name, **fields):
   c.name = name
   c.update(fields)
   models.check_config(c)
-  return models.build(c, num_classes=10)
+  return models.build(c, num_outputs=10)
 
 
 @pytest.mark.parametrize('name, fields', [

@@ -10,7 +10,7 @@ import pytest
 
 from bigjax import checkpoint, train
 from bigjax.config import base_config
-from helpers import read_metrics
+from helpers import RATES, read_metrics
 
 
 def _config(data_dir, **overrides):
@@ -96,7 +96,7 @@ def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
   if model == 'resnet':
     assert jax.tree.leaves(state_a.model_state['batch_stats'])  # BatchNorm statistics are in the state
   # Every logged number matches too (log intervals divide the checkpoint interval here).
-  untimed = lambda w: [{k: v for k, v in r.items() if k != 'time'} for r in read_metrics(w)]  # noqa: E731
+  untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
   assert untimed(a) == untimed(b)
 
 

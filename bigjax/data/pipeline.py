@@ -26,12 +26,14 @@ class Split:
   otherwise each read goes to the source (tfds.data_source: ArrayRecord files).
   """
 
-  def __init__(self, source, in_memory: bool):
+  def __init__(self, source=None, in_memory: bool = False, arrays: dict | None = None):
     self.source = source
-    self.arrays = _stack([source[i] for i in range(len(source))]) if in_memory else None
+    if arrays is None and in_memory:
+      arrays = _stack([source[i] for i in range(len(source))])
+    self.arrays = arrays  # or given whole: {name: array with one row per example}
 
   def __len__(self) -> int:
-    return len(self.source)
+    return len(self.source) if self.arrays is None else len(next(iter(self.arrays.values())))
 
   def read(self, indices) -> dict:
     indices = np.asarray(indices)

@@ -1,23 +1,29 @@
 """Model registry: `model.name` -> a flax.linen Module class.
 
 Every field of `config.model` except `name` is passed to the constructor, so a
-config can set any of the module's attributes and nothing else.
+config can set any of the module's attributes and nothing else. `num_outputs`
+comes from the dataset: classes, or the vocabulary of a language model.
 """
 
 import dataclasses
 
 import flax.linen as nn
+import jax
 
+from bigjax import flops
 from bigjax.config import check, check_choice
 from bigjax.models.cnn import LeNet, ResNet
 from bigjax.models.layers import ACTIVATIONS
 from bigjax.models.mlp import MLP
+from bigjax.models.transformer import MLPS, NORMS, POSITIONS, REMAT_POLICIES, TransformerLM
 
 MODELS = {
     'mlp': MLP,
     'lenet': LeNet,
     'resnet': ResNet,
+    'transformer_lm': TransformerLM,
 }
+DTYPES = ('auto', 'float32', 'bfloat16')  # auto: bfloat16 on TPU and GPU, float32 on CPU
 
 
 def _kwargs(model_config) -> dict:
@@ -26,15 +32,39 @@ def _kwargs(model_config) -> dict:
 
 def check_config(model_config) -> None:
   cls = MODELS[model_config.name]
-  fields = {f.name for f in dataclasses.fields(cls)} - {'num_classes', 'parent', 'name'}
+  fields = {f.name for f in dataclasses.fields(cls)} - {'num_outputs', 'parent', 'name'}
   for key, value in _kwargs(model_config).items():
     check(key in fields, f'model.{key}', value,
           f'{model_config.name} takes {", ".join(sorted(fields))}')
   if 'activation' in model_config:
     check_choice(model_config, 'model', 'activation', ACTIVATIONS)
+  for field, allowed in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
+                         ('remat', REMAT_POLICIES), ('dtype', DTYPES)):
+    if field in model_config:
+      check_choice(model_config, 'model', field, allowed)
+  if 'num_heads' in model_config:
+    heads, kv = model_config.num_heads, model_config.get('num_kv_heads', 0) or model_config.num_heads
+    check(model_config.get('d_model', 128) % heads == 0, 'model.d_model', model_config.get('d_model'),
+          f'use a multiple of model.num_heads={heads}')
+    check(heads % kv == 0, 'model.num_kv_heads', kv, f'use a divisor of model.num_heads={heads}')
   if 'dropout' in model_config:
     check(0 <= model_config.dropout < 1, 'model.dropout', model_config.dropout, 'use a rate in [0, 1)')
 
 
-def build(model_config, num_classes: int) -> nn.Module:
-  return MODELS[model_config.name](num_classes=num_classes, **_kwargs(model_config))
+# Model FLOPs per example for utilization figures; models not here use XLA's count.
+FLOPS_PER_EXAMPLE = {
+    'transformer_lm': lambda model_config, num_params, input_shape: flops.transformer_flops_per_token(
+        model_config, num_params, input_shape[0]) * input_shape[0],
+}
+
+
+def flops_per_example(model_config, num_params: int, input_shape) -> float | None:
+  fn = FLOPS_PER_EXAMPLE.get(model_config.name)
+  return fn(model_config, num_params, input_shape) if fn else None
+
+
+def build(model_config, num_outputs: int) -> nn.Module:
+  kwargs = _kwargs(model_config)
+  if kwargs.get('dtype') == 'auto':
+    kwargs['dtype'] = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return MODELS[model_config.name](num_outputs=num_outputs, **kwargs)

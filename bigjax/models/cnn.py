@@ -9,7 +9,7 @@ from bigjax.models.layers import ACTIVATIONS, batch_norm, conv, dense
 
 class LeNet(nn.Module):
   """Two conv + pool stages, then two dense layers (LeCun et al., 1998, in modern dress)."""
-  num_classes: int
+  num_outputs: int
   features: Sequence[int] = (32, 64)
   hidden: int = 128
   activation: str = 'relu'
@@ -24,7 +24,7 @@ class LeNet(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = act(dense(self.hidden, ('embed', 'mlp'), name='hidden')(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return dense(self.num_classes, ('mlp', 'classes'), name='head')(x)
+    return dense(self.num_outputs, ('mlp', 'classes'), name='head')(x)
 
 
 class ResidualBlock(nn.Module):
@@ -46,7 +46,7 @@ class ResidualBlock(nn.Module):
 
 class ResNet(nn.Module):
   """CIFAR-style ResNet (He et al., 2016): a 3x3 stem, then stages that halve the size."""
-  num_classes: int
+  num_outputs: int
   stage_sizes: Sequence[int] = (2, 2, 2)  # (2, 2, 2) is ResNet-14; (3, 3, 3) is ResNet-20
   width: int = 32
 
@@ -59,4 +59,4 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = ResidualBlock(self.width * 2**stage, strides, name=f'stage{stage}_block{block}')(x, train)
     x = x.mean(axis=(1, 2))
-    return dense(self.num_classes, ('embed', 'classes'), name='head')(x)
+    return dense(self.num_outputs, ('embed', 'classes'), name='head')(x)

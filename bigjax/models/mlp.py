@@ -6,7 +6,7 @@ from bigjax.models.layers import ACTIVATIONS, dense
 
 
 class MLP(nn.Module):
-  num_classes: int
+  num_outputs: int
   depth: int = 2  # hidden layers
   width: int = 256
   activation: str = 'relu'
@@ -23,4 +23,4 @@ class MLP(nn.Module):
       x = act(dense(self.width, names, name=f'hidden_{i}')(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       names = names[::-1]
-    return dense(self.num_classes, (names[0], 'classes'), name='head')(x)
+    return dense(self.num_outputs, (names[0], 'classes'), name='head')(x)

@@ -1,0 +1,73 @@
+"""FLOPs: what a model step costs, what the hardware peaks at, and so the MFU.
+
+Model FLOPs utilization = model FLOPs per step x steps/s / (peak FLOP/s x devices).
+Model FLOPs count only the math the model needs (6 per parameter per token for
+forward and backward, plus attention; nanoGPT and PaLM's convention), never
+rematerialization, so MFU compares across remat policies. Peaks are dense bf16.
+"""
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+# device_kind prefix -> dense bf16 peak FLOP/s per device (not the sparse figures).
+PEAK_FLOPS = {
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,  # v5e
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,  # v6e, Trillium
+    'TPU v6e': 918e12,
+    'NVIDIA A100': 312e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA H200': 989e12,
+}
+_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'bigjax', 'cpu_peak_flops.json')
+
+
+def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> float:
+  """6N for the weights' forward and backward, plus 12 L d T for attention scores and values."""
+  return 6 * num_params + 12 * model_config.num_layers * model_config.d_model * seq_len
+
+
+def _measure_cpu_matmul() -> float:
+  """FLOP/s of a large float32 matmul on this CPU: the best of a few, all cores."""
+  n = 2048
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def peak_flops(override: float = 0.0) -> tuple[float, str]:
+  """Peak FLOP/s of all devices together, and where the figure came from."""
+  if override:
+    return override * jax.device_count(), 'config'
+  device = jax.devices()[0]
+  if device.platform == 'cpu':  # simulated CPU devices share the same cores: one peak in all
+    key = f'{platform.processor() or platform.machine()} x{os.cpu_count()} jax{jax.__version__}'
+    cache = {}
+    if os.path.exists(_CACHE):
+      with open(_CACHE) as f:
+        cache = json.load(f)
+    if key not in cache:
+      cache[key] = _measure_cpu_matmul()
+      os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
+      with open(_CACHE + '.tmp', 'w') as f:
+        json.dump(cache, f)
+      os.replace(_CACHE + '.tmp', _CACHE)
+    return cache[key], 'measured float32 matmul, cached'
+  for prefix, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(prefix):
+      return value * jax.device_count(), f'{prefix} table'
+  return 0.0, f'unknown device {device.device_kind!r}: set train.peak_flops'

@@ -1,0 +1,226 @@
+"""Transformer blocks and a GPT-style decoder-only language model.
+
+The blocks (Attention, Mlp, Block) are shared by every Transformer here: the
+decoder LM below, and later the encoder classifier and encoder-decoder models.
+Parameters are float32; compute runs in `dtype` (bfloat16 on accelerators).
+Every parameter, and the residual stream, carries logical axis names
+(`embed`, `heads`, `kv`, `mlp`, `vocab`, `layers`) that config.mesh.rules maps
+to the mesh.
+
+Decoding keeps a KV cache in the `cache` collection: call with decode=True on
+a chunk of tokens (a whole prompt, then one token at a time) and the chunk is
+written at the cache's current index. `valid` marks real tokens (False: left
+padding), so prompts of different lengths decode in one batch.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigjax.models.layers import ACTIVATIONS
+
+REMAT_POLICIES = {
+    'none': None,  # no rematerialization: fastest, most memory
+    'full': jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in backward
+    'dots': jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the rest
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
+}
+NORMS = {'layernorm': nn.LayerNorm, 'rmsnorm': nn.RMSNorm}
+MLPS = ('gelu', 'swiglu')
+POSITIONS = ('rope', 'learned')
+
+
+_XAVIER = nn.initializers.xavier_uniform()
+
+
+def _init(axes, init=_XAVIER):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def _norm(kind: str, dtype, name: str) -> nn.Module:
+  return NORMS[kind](dtype=dtype, scale_init=_init(('embed',), nn.initializers.ones_init()), name=name,
+                     **({'bias_init': _init(('embed',), nn.initializers.zeros_init())}
+                        if kind == 'layernorm' else {}))
+
+
+def rope(x, positions, base: float = 10000.0):
+  """Rotary position embedding of x (B, T, heads, head_dim) at integer positions (B, T)."""
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None, None].astype(jnp.float32) * freqs  # (B, T, 1, half)
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head (num_kv_heads == num_heads) or grouped-query attention."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  dtype: jnp.dtype
+  use_rope: bool
+  causal: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, valid):
+    d_model = x.shape[-1]
+
+    def weight(name, shape, axes, in_axis, out_axis):
+      init = nn.initializers.xavier_uniform(in_axis=in_axis, out_axis=out_axis)
+      return self.param(name, _init(axes, init), shape).astype(self.dtype)
+
+    def project(heads, name):
+      w = weight(name, (d_model, heads, self.head_dim), ('embed', 'heads', 'kv'), 0, (1, 2))
+      return jnp.einsum('btd,dnh->btnh', x.astype(self.dtype), w)
+
+    q, k, v = project(self.num_heads, 'query'), project(self.num_kv_heads, 'key'), project(
+        self.num_kv_heads, 'value')
+    if self.use_rope:
+      q, k = rope(q, positions), rope(k, positions)
+    length = x.shape[1]
+    if self.decode:
+      k, v, valid, first = self._cached(k, v, valid)
+    else:
+      first = 0
+    # Query i (at cache slot first + i) sees key slot j if j is a real token and, when
+    # causal, j <= first + i. Slots are in time order, so this is the causal mask.
+    mask = valid[:, None, None, :]
+    if self.causal:
+      mask &= (jnp.arange(k.shape[1])[None, :] <= first + jnp.arange(length)[:, None])[None, None]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    w = weight('out', (self.num_heads, self.head_dim, d_model), ('heads', 'kv', 'embed'), (0, 1), 2)
+    return jnp.einsum('btnh,nhd->btd', out, w)
+
+  def _cached(self, k, v, valid):
+    """Writes this chunk's keys, values and validity at the cache index.
+
+    Returns the whole cache (B, max_length, ...) to attend over, and the slot of
+    the chunk's first token. init sizes the cache from the chunk it is given.
+    """
+    cached_k = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
+    cached_valid = self.variable('cache', 'valid', jnp.zeros, valid.shape, bool)
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    if self.is_initializing():
+      return k, v, valid, 0
+    first = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, first, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, first, 0, 0))
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid, (0, first))
+    index.value = first + k.shape[1]
+    return cached_k.value, cached_v.value, cached_valid.value, first
+
+
+class Mlp(nn.Module):
+  hidden: int
+  kind: str  # gelu | swiglu
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, use_bias=False)
+    up = dense(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x)
+    if self.kind == 'swiglu':
+      gate = dense(self.hidden, kernel_init=_init(('embed', 'mlp')), name='gate')(x)
+      h = nn.silu(gate) * up
+    else:
+      h = ACTIVATIONS['gelu'](up)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+    return dense(x.shape[-1], kernel_init=_init(('mlp', 'embed')), name='down')(h)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + Attention(norm(x)), then x + Mlp(norm(x))."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_hidden: int
+  mlp: str
+  norm: str
+  dropout: float
+  dtype: jnp.dtype
+  use_rope: bool
+  causal: bool = True
+  train: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, valid):
+    drop = nn.Dropout(self.dropout, deterministic=not self.train)
+    h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, self.use_rope, self.causal,
+                  self.decode, name='attention')(_norm(self.norm, self.dtype, 'attention_norm')(x),
+                                                  positions, valid)
+    x = x + drop(h)
+    h = Mlp(self.mlp_hidden, self.mlp, self.dtype, name='mlp')(_norm(self.norm, self.dtype, 'mlp_norm')(x))
+    x = x + drop(h)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class _ScanBlock(Block):
+  """A Block with nn.scan's (carry, broadcast args) -> (carry, output) signature."""
+
+  def __call__(self, x, positions, valid):
+    return super().__call__(x, positions, valid), None
+
+
+class TransformerLM(nn.Module):
+  """A decoder-only language model: tokens (B, T) int -> next-token logits (B, T, vocab) float32."""
+  num_outputs: int  # the vocabulary size, for inputs and outputs
+  num_layers: int = 2
+  d_model: int = 128
+  num_heads: int = 4
+  num_kv_heads: int = 0  # 0: as many as num_heads (multi-head); fewer: grouped-query attention
+  mlp_ratio: float = 4.0
+  mlp: str = 'gelu'  # gelu | swiglu
+  norm: str = 'layernorm'  # layernorm | rmsnorm
+  positions: str = 'rope'  # rope | learned
+  max_length: int = 1024  # learned positions only
+  tied_embedding: bool = True
+  dropout: float = 0.0
+  dtype: str = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  scan_layers: bool = True  # one traced layer, scanned: compile time flat in depth
+  remat: str = 'none'  # a REMAT_POLICIES key
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False, positions=None, valid=None, decode: bool = False):
+    dtype = jnp.dtype(self.dtype)
+    if valid is None:
+      valid = jnp.ones(tokens.shape, bool)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    embed = nn.Embed(self.num_outputs, self.d_model, dtype=dtype,
+                     embedding_init=_init(('vocab', 'embed'), nn.initializers.normal(0.02)), name='embed')
+    x = embed(tokens)
+    if self.positions == 'learned':
+      x += nn.Embed(self.max_length, self.d_model, dtype=dtype, name='position_embed',
+                    embedding_init=_init((None, 'embed'), nn.initializers.normal(0.02)))(positions)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+    kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
+                  head_dim=self.d_model // self.num_heads, mlp_hidden=int(self.mlp_ratio * self.d_model),
+                  mlp=self.mlp, norm=self.norm, dropout=self.dropout, dtype=dtype,
+                  use_rope=self.positions == 'rope', train=train, decode=decode)
+    block = _ScanBlock if self.scan_layers else Block
+    if self.remat != 'none':
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+                       split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, nn.broadcast),
+                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = layers(**kwargs, name='layers')(x, positions, valid)
+    else:
+      for i in range(self.num_layers):
+        x = block(**kwargs, name=f'layer_{i}')(x, positions, valid)
+
+    x = _norm(self.norm, dtype, 'final_norm')(x)
+    if self.tied_embedding:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(self.num_outputs, dtype=dtype, use_bias=False, name='unembed',
+                        kernel_init=_init(('embed', 'vocab')))(x)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))

@@ -1,0 +1,248 @@
+"""Language models: tokenizers, the Transformer's masks, RoPE and KV cache, the LM task,
+gradient accumulation, overfitting one batch, sharded equality, and --mode=sample."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigjax import data, decode, sharding, tasks, train
+from bigjax.data import pipeline, tokenizers
+from bigjax.models.transformer import TransformerLM, rope
+from experiments import lm_gpt
+from helpers import REPO, read_metrics, run_main
+
+TEXT = 'def f(x):\n    return "héllo wörld" + str(x)  # ünïcode ✓\n'
+
+
+def test_byte_tokenizer_round_trips_and_counts_bytes(tmp_path):
+  tok = tokenizers.ByteTokenizer()
+  ids = tok.encode(TEXT)
+  assert tok.decode(ids) == TEXT
+  assert tok.token_bytes[ids].sum() == len(TEXT.encode('utf-8'))
+  assert tok.token_bytes[[tok.pad_id, tok.bos_id, tok.eos_id]].sum() == 0
+  tok.save(tmp_path / 'tok')
+  assert tokenizers.load(tmp_path / 'tok').encode(TEXT) == ids
+
+
+def test_sentencepiece_trains_round_trips_and_caches(tmp_path):
+  calls = []
+
+  def texts():
+    calls.append(1)
+    return [TEXT * 3, 'import os\nprint(os.getcwd())\n' * 5, 'class A:\n    pass\n' * 4] * 20
+
+  tok = tokenizers.get_or_train('sentencepiece', 300, str(tmp_path), texts)
+  assert tok.vocab_size == 300 and (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+  for text in (TEXT, 'unseen ∑ text with   spaces\n\tand tabs'):  # byte fallback: anything round-trips
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok.token_bytes[ids].sum() == len(text.encode('utf-8'))
+  assert len(tok.encode('import os\n')) < len('import os\n')  # it learned merges
+  again = tokenizers.get_or_train('sentencepiece', 300, str(tmp_path), texts)
+  assert calls == [1] and again.encode(TEXT) == tok.encode(TEXT)  # cached, not retrained
+
+
+def test_rope_preserves_norms_and_depends_on_relative_position():
+  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.key(1), (1, 1, 1, 16))
+  at = lambda x, p: rope(x, jnp.array([[p]]))  # noqa: E731
+  np.testing.assert_allclose(jnp.linalg.norm(at(q, 7)), jnp.linalg.norm(q), rtol=1e-5)
+  score = lambda m, n: float(jnp.sum(at(q, m) * at(k, n)))  # noqa: E731
+  assert score(3, 1) == pytest.approx(score(12, 10), rel=1e-4)
+  assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+
+
+def _lm(**fields):
+  return TransformerLM(num_outputs=50, num_layers=2, d_model=32, num_heads=4, **fields)
+
+
+def _init(model, tokens):
+  return nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
+
+
+def test_causal_mask_hides_the_future_and_padding_is_invisible():
+  model = _lm()
+  tokens = jax.random.randint(jax.random.key(1), (1, 10), 3, 50)
+  params = _init(model, tokens)
+  logits = model.apply({'params': params}, tokens)
+  changed = model.apply({'params': params}, tokens.at[0, 7].set(4))
+  np.testing.assert_array_equal(logits[0, :7], changed[0, :7])  # positions before 7 never see it
+  assert not np.allclose(logits[0, 7:], changed[0, 7:])
+  # The same prompt left-padded by 3: the pads change nothing.
+  padded, valid = decode.left_pad([list(np.asarray(tokens[0]))], pad_id=0)
+  padded = np.concatenate([np.zeros((1, 3), np.int32), padded], axis=1)
+  valid = np.concatenate([np.zeros((1, 3), bool), valid], axis=1)
+  positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+  shifted = model.apply({'params': params}, padded, positions=positions, valid=valid)
+  np.testing.assert_allclose(shifted[0, 3:], logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize('fields', [
+    {}, {'scan_layers': False}, {'num_kv_heads': 2, 'mlp': 'swiglu', 'norm': 'rmsnorm'},
+    {'positions': 'learned', 'tied_embedding': False, 'remat': 'full'}])
+def test_kv_cache_decoding_equals_the_full_forward_pass(fields):
+  model = _lm(**fields)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 50)
+  params = _init(model, tokens)
+  full = model.apply({'params': params}, tokens)
+  cache = model.init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32), decode=True)['cache']
+  logits, cache = model.apply({'params': params, 'cache': cache}, tokens[:, :5], decode=True,
+                              mutable=['cache'])  # the prompt in one call
+  steps = [logits]
+  for t in range(5, 12):  # then one token at a time
+    logits, cache = model.apply({'params': params, **cache}, tokens[:, t:t + 1],
+                                positions=jnp.full((2, 1), t), decode=True, mutable=['cache'])
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+
+
+def test_greedy_sampling_continues_like_the_full_model():
+  model = _lm()
+  prompt = [5, 9, 13, 7]
+  params = _init(model, jnp.zeros((1, 4), jnp.int32))
+  new = decode.sample(model, params, [prompt, prompt[2:]], pad_id=0, max_new_tokens=6, rng=jax.random.key(0),
+                      temperature=0.0)
+  sequence = list(prompt)
+  for _ in range(6):  # greedy by hand, the slow way: a full forward pass per token
+    sequence.append(int(model.apply({'params': params}, jnp.array([sequence]))[0, -1].argmax()))
+  assert new[0].tolist() == sequence[4:]
+  assert new.shape == (2, 6)
+
+
+def test_top_k_and_top_p_keep_the_likeliest_tokens():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  kept = lambda **kw: np.isfinite(decode.filter_logits(logits, 1.0, **kw))[0].tolist()  # noqa: E731
+  assert kept(top_k=2, top_p=1.0) == [True, True, False, False]
+  assert kept(top_k=0, top_p=0.7) == [True, True, False, False]  # 0.5 < 0.7 <= 0.8
+  assert kept(top_k=0, top_p=0.9) == [True, True, True, False]
+
+
+class _Tokenizer:
+  pad_id, token_bytes = 0, np.array([0, 1, 2, 3])  # token i stands for i bytes
+
+
+def test_lm_task_metrics_on_known_logits():
+  windows = pipeline.Split(arrays={'tokens': np.zeros((1, 5), np.int32)})
+  dataset = data.Dataset('x', 4, {'train': windows}, data.next_token_batch, _Tokenizer())
+  task = tasks.build(ml_collections.ConfigDict({'name': 'lm', 'z_loss': 0.0}), dataset)
+  assert task.units == ('tokens', 4)
+  targets = jnp.array([[1, 2, 3, 0]])  # the last target is padding
+  logits = jnp.zeros((1, 4, 4))  # uniform: loss ln 4 per token
+  loss, metrics = task.loss(logits, {'targets': targets})
+  assert float(loss) == pytest.approx(math.log(4), rel=1e-6)
+  sums = task.eval_sums(logits, {'targets': targets, 'mask': jnp.array([1])})
+  summary = task.summarize(jax.device_get(sums))
+  assert summary['perplexity'] == pytest.approx(4.0, rel=1e-5)
+  # 2 bits (ln 4 nats) for each of 3 tokens, over the 1 + 2 + 3 bytes they stand for.
+  assert summary['bits_per_byte'] == pytest.approx(3 * 2.0 / (1 + 2 + 3), rel=1e-5)
+
+
+
+def _tiny_lm_config(data_dir, **train_fields):
+  c = lm_gpt.get_config('tiny')
+  c.data.data_dir = data_dir
+  c.data.seq_len = 32
+  c.data.tokenizer = 'byte'
+  c.model.update({'num_layers': 2, 'd_model': 32, 'num_heads': 4})
+  c.train.update({'batch_size': 8, 'steps': 3, 'log_every': 1, **train_fields})
+  c.optim.warmup_steps = 0
+  return c
+
+
+def _train_steps(config, batches):
+  s = train.setup(config)
+  with sharding.active(s.mesh, s.rules):
+    step, state = train.make_train_step(s, config), s.init()
+    losses = []
+    for batch in batches:
+      state, metrics = step(state, sharding.shard_batch(batch, s.mesh))
+      losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state.params)
+
+
+def _batches(config, n):
+  dataset = data.load(config.data)
+  rows = np.arange(n * config.train.batch_size).reshape(n, -1)
+  return [dataset.preprocess(dataset.splits['train'].read(r)) for r in rows]
+
+
+def test_gradient_accumulation_equals_one_big_batch(data_dir):
+  whole = _tiny_lm_config(data_dir)
+  micro = _tiny_lm_config(data_dir, grad_accum=4)  # 4 micro-batches of 2
+  batches = _batches(whole, 3)
+  (losses_whole, params_whole), (losses_micro, params_micro) = _train_steps(whole, batches), _train_steps(
+      micro, batches)
+  np.testing.assert_allclose(losses_micro, losses_whole, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_whole), jax.tree.leaves(params_micro), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_two_layer_model_overfits_one_batch(data_dir):
+  config = _tiny_lm_config(data_dir, steps=150)
+  config.optim.update({'lr': 3e-3, 'schedule': 'constant', 'weight_decay': 0.0})
+  losses, _ = _train_steps(config, _batches(config, 1) * 150)
+  assert losses[0] > 4.0 and losses[-1] < 0.1, (losses[0], losses[-1])  # from ln 259 to memorized
+
+
+SHARDED_LOSSES = '''
+import json, sys
+sys.path.insert(0, 'tests')
+import test_lm
+config = test_lm._tiny_lm_config(sys.argv[1])
+config.mesh.data, config.mesh.fsdp, config.mesh.tensor = [int(x) for x in sys.argv[2:5]]
+losses, params = test_lm._train_steps(config, test_lm._batches(config, 3))
+print(json.dumps(losses))
+'''
+
+
+def test_sharded_loss_equals_the_one_device_loss(data_dir):
+  def losses(devices, mesh):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}' if devices > 1 else ''}
+    result = subprocess.run([sys.executable, '-c', SHARDED_LOSSES, data_dir, *map(str, mesh)], cwd=REPO,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+  one = losses(1, (1, 1, 1))
+  for mesh in ((1, 4, 2), (2, 2, 2)):  # fsdp x tensor, and all three axes
+    np.testing.assert_allclose(losses(8, mesh), one, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['lm1b', 'tiny_shakespeare'])
+def test_tfds_text_datasets_through_the_same_code(name, tmp_path):
+  config = _tiny_lm_config(str(tmp_path))
+  config.data.name = name
+  with tfds.testing.mock_data(num_examples=20):
+    dataset = data.load(config.data)
+  batch = dataset.preprocess(dataset.splits['train'].read([0, 1]))
+  assert batch['inputs'].shape == batch['targets'].shape == (2, 32)
+  np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  assert dataset.num_classes == 259 and len(dataset.splits['eval']) > 0
+
+
+def test_train_then_sample_from_the_command_line(data_dir, tmp_path):
+  flags = ['--config=experiments/lm_gpt.py:tiny', f'--workdir={tmp_path}',
+           f'--config.data.data_dir={data_dir}', '--config.train.steps=30', '--config.train.batch_size=8',
+           '--config.data.seq_len=32', '--config.model.num_layers=1', '--config.model.d_model=32']
+  result = run_main(*flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  eval_line = read_metrics(tmp_path, 'eval')[-1]
+  assert eval_line['bits_per_byte'] < 8 and eval_line['perplexity'] > 1  # better than uniform over bytes
+  train_line = read_metrics(tmp_path, 'train')[-1]
+  assert train_line['tokens_per_s'] > 0 and 0 < train_line['mfu'] < 1
+  result = run_main(*flags, '--mode=sample', '--prompt=def ', '--num_samples=2', '--max_new_tokens=20')
+  assert result.returncode == 0, result.stderr[-3000:]
+  samples = [line for line in result.stdout.splitlines() if line.startswith('--- ')]
+  assert len(samples) == 2 and all(line.startswith('--- def ') for line in samples)
+  bad = run_main(*flags, '--mode=sample', '--top_p=0')
+  assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'top_p' in bad.stderr
