@@ -107,6 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice(config.model, 'model', 'name', models.MODELS)
   models.check_config(config.model)
   check_choice(config.data, 'data', 'name', data.DATASETS)
+  data.check_config(config.data)
   check_choice(config.optim, 'optim', 'name', optim.OPTIMIZERS)
   check_choice(config.optim, 'optim', 'schedule', optim.SCHEDULES)
   need(config.optim.lr > 0, 'optim.lr', 'use a learning rate > 0')

@@ -88,7 +88,8 @@ def sample_checkpoint(config, workdir: str, prompt: str, *, num_samples: int, ma
     raise ConfigError(f'--mode=sample needs a language model: data.name={config.data.name!r} is not text')
   with sharding.active(s.mesh, s.rules):
     state, _ = train.restore_newest(s, config, workdir)
-    ids = [tokenizer.bos_id] if not prompt else tokenizer.encode(prompt)
+    # Training text is documents joined by EOS: an empty prompt starts a new document.
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eos_id]
     new = sample(s.model, state.params, [ids] * num_samples, tokenizer.pad_id, max_new_tokens=max_new_tokens,
                  rng=jax.random.key(config.seed), temperature=temperature, top_k=top_k, top_p=top_p)
   texts = []

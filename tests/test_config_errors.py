@@ -16,11 +16,16 @@ from helpers import REPO, run_main
     (['--config.data.name=imagenet9'], "config.data.name='imagenet9' is invalid"),
     (['--config.mesh.data=3'], 'needs 3 devices'),
     (['--config.data.name=mnist', '--config.data.data_dir={data_dir}'], 'tfds build mnist'),
-], ids=['optimizer', 'steps', 'unknown_field', 'wrong_type', 'dataset', 'mesh', 'unprepared'])
+    (['--config=experiments/lm_gpt.py:tiny', '--config.data.tokenizer=words'],
+     "config.data.tokenizer='words' is invalid: choose one of byte, sentencepiece"),
+    (['--config=experiments/lm_gpt.py:tiny', '--config.data.seq_len=0'], 'config.data.seq_len=0 is invalid'),
+], ids=['optimizer', 'steps', 'unknown_field', 'wrong_type', 'dataset', 'mesh', 'unprepared', 'tokenizer',
+        'seq_len'])
 def test_bad_override_exits_2_and_writes_nothing(args, expected, tmp_path, data_dir):
   workdir = tmp_path / 'run'
-  result = run_main('--config=experiments/digits_mlp.py', f'--workdir={workdir}',
-                    *[a.format(data_dir=data_dir) for a in args])
+  config = [a for a in args if a.startswith('--config=')] or ['--config=experiments/digits_mlp.py']
+  result = run_main(*config, f'--workdir={workdir}',
+                    *[a.format(data_dir=data_dir) for a in args if not a.startswith('--config=')])
   assert result.returncode == 2, result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('bigjax: error:')]
   assert len(errors) == 1 and expected in errors[0], result.stderr

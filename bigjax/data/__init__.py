@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bigjax.config import ConfigError
+from bigjax.config import ConfigError, check, check_choice
 from bigjax.data import digits, pipeline, python_stdlib, tokenizers
 
 
@@ -125,11 +125,23 @@ def _tokens(source, feature, tokenizer, path) -> np.ndarray:
   return tokens
 
 
-def _load_text(spec: DatasetSpec, data_config, sources: dict) -> Dataset:
+def check_config(data_config) -> None:
+  """Text datasets need a known tokenizer, a context length and (SentencePiece) a vocabulary size."""
+  if not DATASETS[data_config.name].text_feature:
+    return
   for field in ('tokenizer', 'seq_len'):
     if field not in data_config:
-      raise ConfigError(f'config.data.{field} is missing: text dataset {spec.tfds_name!r} needs '
+      raise ConfigError(f'config.data.{field} is missing: text dataset {data_config.name!r} needs '
                         f'data.tokenizer and data.seq_len')
+  check_choice(data_config, 'data', 'tokenizer', tokenizers.KINDS)
+  check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a context length > 0')
+  if data_config.tokenizer == 'sentencepiece':
+    vocab_size = data_config.get('vocab_size', 0)
+    check(vocab_size > 3, 'data.vocab_size', vocab_size, 'use a SentencePiece vocabulary size > 3')
+
+
+def _load_text(spec: DatasetSpec, data_config, sources: dict) -> Dataset:
+  check_config(data_config)
   seq_len = data_config.seq_len
   cache = os.path.join(os.path.expanduser(_data_dir_for_humans(data_config.data_dir)), 'bigjax_cache',
                        spec.tfds_name)

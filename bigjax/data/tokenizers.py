@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 PAD, BOS, EOS = 0, 1, 2  # the same ids in every tokenizer here
+KINDS = ('byte', 'sentencepiece')
 
 
 class ByteTokenizer:
