@@ -15,7 +15,7 @@ weight decay 0.1, no clipping, constant lr). Both sides train on the same random
 
 B and C start from A's initial weights, and the script first checks that A and B give the same
 logits on one batch, so the comparison is between one model. Runs are interleaved A B (C) A B (C) ...,
-each round timing --steps_per_round steps after compilation and one warmup step; the summary is
+each round timing --steps_per_round steps after compilation and --warmup_steps untimed steps; the summary is
 the median over rounds. The last stdout line is JSON:
   {"bigjax_tokens_per_s": ..., "pytorch_tokens_per_s": ..., "ratio": bigjax / pytorch, ...}
 """
@@ -31,12 +31,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # `python benchmarks/lm_vs_pytorch.py` from anywhere
+# bigjax before torch: `import bigjax` sets glibc's malloc to keep freed memory (bigjax/host_memory.py),
+# which must happen before any library starts threads. Both contenders then share that setting.
+import bigjax  # noqa: E402, F401, I001
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,9 +54,12 @@ def parse_args(argv=None):
   parser.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'bigjax_benchmark_data'),
                       help="TFDS data dir for bigjax's setup (python_stdlib is prepared there on first use)")
   parser.add_argument('--seed', type=int, default=0, help='seed of the random token batches')
+  parser.add_argument('--warmup_steps', type=int, default=3,
+                      help='untimed steps per contender before the rounds, to reach steady state (heap '
+                           'grown, caches and thread pools warm; torch.compile compiles in the first)')
   args = parser.parse_args(argv)
-  if args.rounds < 1 or args.steps_per_round < 1 or args.threads < 1:
-    parser.error('--rounds, --steps_per_round and --threads must be >= 1')
+  if args.rounds < 1 or args.steps_per_round < 1 or args.threads < 1 or args.warmup_steps < 1:
+    parser.error('--rounds, --steps_per_round, --threads and --warmup_steps must be >= 1')
   return args
 
 
@@ -309,7 +316,6 @@ def check_same_model(a: Bigjax, model: GPT, batch: dict, log) -> None:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   set_threads(args.threads)
-  sys.path.insert(0, REPO)  # `python benchmarks/lm_vs_pytorch.py` from anywhere
   from bigjax import flops
 
   log = functools.partial(print, flush=True)
@@ -320,7 +326,7 @@ def main(argv=None) -> dict:
   a = contenders['bigjax']
   check_same_model(a, contenders['pytorch'].model, batches.take(1)[0], log)
 
-  warmup = batches.take(1)  # torch.compile compiles here; XLA compiled in build
+  warmup = batches.take(args.warmup_steps)  # torch.compile compiles here; XLA compiled in build
   for name, runner in contenders.items():
     seconds, loss = timed(runner, warmup)
     log(f'warmup {name}: {seconds:.1f} s, loss {loss:.4f}')
@@ -347,7 +353,8 @@ def main(argv=None) -> dict:
     result['pytorch_compile_tokens_per_s'] = round(median['pytorch_compile'], 2)
   # Model FLOPs (6 per parameter per token, plus attention), the same count for every contender.
   result.update({f'{name}_gflops': round(rate * flops_per_token / 1e9, 2) for name, rate in median.items()})
-  result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, threads=args.threads)
+  result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
+                threads=args.threads)
   print(json.dumps(result), flush=True)
   return result
 

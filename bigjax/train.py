@@ -276,8 +276,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     test_metrics = evaluate(state, 'test')
     writer.write(step, 'test', test_metrics)
     logging.info('test at step %d: %s', step, writers.format_metrics(test_metrics))
-    logging.info('test confusion matrix (rows: label, columns: prediction):\n%s',
-                 test_metrics.get('confusion_matrix'))
+    if 'confusion_matrix' in test_metrics:  # tasks with classes report one; the LM does not
+      logging.info('test confusion matrix (rows: label, columns: prediction):\n%s',
+                   test_metrics['confusion_matrix'])
     mngr.wait_until_finished()
     mngr.close()
     writer.close()

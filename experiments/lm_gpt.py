@@ -4,20 +4,21 @@
   python -m bigjax.main --config=experiments/lm_gpt.py:tiny --mode=sample --prompt="def "
   python -m bigjax.main --config=experiments/lm_gpt.py:124m --config.data.name=lm1b   # GPU/TPU
 
-Result (2026-11-28, 2-core x86_64 CPU): :tiny reaches eval 1.985 bits/byte (gzip -9: 2.084,
-xz -9: 1.787) in 8 min 25 s; see the README's "Language models".
+Result (2026-11-29, 2-core x86_64 CPU): :tiny reaches eval 1.652 bits/byte (gzip -9: 2.084,
+xz -9: 1.787) in 8 min 35 s; see the README's "Language models".
 
 Variants. Memory is --dry_run on 8 simulated CPU devices with --config.mesh.data=1
---config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`):
+--config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`;
+measured 2026-11-29):
   name   shape                                  params   params+opt_state   temp (activations)
-  tiny   4 x 128, 4 heads, SentencePiece 2,048,    1.05 M      1.6 MB            45 MB
+  tiny   4 x 128, 4 heads, SentencePiece 2,048,    1.05 M      1.6 MB            44 MB
          context 128, batch 32
-  small  6 x 384, 6 heads, bytes, context 256,    10.7 M      16 MB            192 MB
+  small  6 x 384, 6 heads, bytes, context 256,    10.7 M      16 MB            185 MB
          batch 16 (the benchmark shape)
   124m   12 x 768, 12 heads, SentencePiece 32k,  110 M       165 MB            21.7 GB
          context 1024, batch 256 (GPT-2 small)
-  350m   24 x 1024, 16 heads, context 1024       336 M       503 MB            43.0 GB
-  1b     24 x 2048, 16 heads, context 2048      1.28 B       1.9 GB            172 GB: use
+  350m   24 x 1024, 16 heads, context 1024       336 M       503 MB            42.8 GB
+  1b     24 x 2048, 16 heads, context 2048      1.28 B       1.9 GB            160 GB: use
          train.grad_accum (or more devices) to fit 80 GB accelerators
 The 124m and larger use SwiGLU, RMSNorm, z-loss, remat (dots_no_batch) and scanned layers.
 """
@@ -28,7 +29,7 @@ from bigjax.config import base_config
 
 VARIANTS = {
     # name: (layers, d_model, heads, context, tokenizer, batch, steps, lr)
-    'tiny': (4, 128, 4, 128, 'sentencepiece', 32, 400, 3e-3),
+    'tiny': (4, 128, 4, 128, 'sentencepiece', 32, 750, 3e-3),
     'small': (6, 384, 6, 256, 'byte', 16, 5000, 1e-3),
     '124m': (12, 768, 12, 1024, 'sentencepiece', 256, 100_000, 6e-4),
     '350m': (24, 1024, 16, 1024, 'sentencepiece', 256, 100_000, 3e-4),

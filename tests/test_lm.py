@@ -1,6 +1,7 @@
 """Language models: tokenizers, the Transformer's masks, RoPE and KV cache, the LM task,
 gradient accumulation, overfitting one batch, sharded equality, and --mode=sample."""
 
+import functools
 import json
 import math
 import os
@@ -87,6 +88,19 @@ def test_causal_mask_hides_the_future_and_padding_is_invisible():
   np.testing.assert_allclose(shifted[0, 3:], logits[0], atol=1e-5)
 
 
+def test_causal_query_blocks_change_no_number():
+  """Chunked causal attention skips the fully masked keys; it must give the one-call result."""
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 3, 50)
+  valid = jnp.arange(16)[None, :] >= jnp.array([[0], [5]])  # row 2 is left-padded by 5
+  positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+  params = _init(_lm(query_blocks=1), tokens)
+  logits = {b: jax.jit(_lm(query_blocks=b).apply)({'params': params}, tokens, positions=positions,
+                                                   valid=valid) for b in (1, 2, 4)}
+  for b in (2, 4):
+    np.testing.assert_allclose(logits[b][valid], logits[1][valid], atol=1e-5)
+  assert not np.allclose(logits[1][valid], logits[1][valid][::-1], atol=1e-3)  # the logits say something
+
+
 @pytest.mark.parametrize('fields', [
     {}, {'scan_layers': False}, {'num_kv_heads': 2, 'mlp': 'swiglu', 'norm': 'rmsnorm'},
     {'positions': 'learned', 'tied_embedding': False, 'remat': 'full'}])
@@ -94,14 +108,14 @@ def test_kv_cache_decoding_equals_the_full_forward_pass(fields):
   model = _lm(**fields)
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 50)
   params = _init(model, tokens)
-  full = model.apply({'params': params}, tokens)
+  full = jax.jit(model.apply)({'params': params}, tokens)
   cache = model.init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32), decode=True)['cache']
-  logits, cache = model.apply({'params': params, 'cache': cache}, tokens[:, :5], decode=True,
-                              mutable=['cache'])  # the prompt in one call
+  decode_step = jax.jit(functools.partial(model.apply, decode=True, mutable=['cache']))
+  logits, cache = decode_step({'params': params, 'cache': cache}, tokens[:, :5])  # the prompt in one call
   steps = [logits]
   for t in range(5, 12):  # then one token at a time
-    logits, cache = model.apply({'params': params, **cache}, tokens[:, t:t + 1],
-                                positions=jnp.full((2, 1), t), decode=True, mutable=['cache'])
+    logits, cache = decode_step({'params': params, **cache}, tokens[:, t:t + 1],
+                                positions=jnp.full((2, 1), t))
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
 

@@ -76,3 +76,15 @@ def test_unknown_model_field_is_rejected():
   c.width = 3  # the MLP's field, not LeNet's
   with pytest.raises(ConfigError, match='model.width'):
     models.check_config(c)
+
+
+def test_token_matmul_is_the_3d_dot_forward_and_backward():
+  from bigjax.models.layers import token_matmul
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 4, 2))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  einsum = lambda x, w: jnp.einsum('btd,dnh->btnh', x, w)  # noqa: E731
+  np.testing.assert_allclose(token_matmul(x, w.reshape(8, -1)).reshape(3, 5, 4, 2), einsum(x, w), rtol=1e-5)
+  ours = jax.grad(loss(lambda x, w: token_matmul(x, w.reshape(8, -1))), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, jax.grad(loss(einsum), argnums=(0, 1))(x, w)):
+    np.testing.assert_allclose(a, b.reshape(a.shape), rtol=1e-4, atol=1e-5)

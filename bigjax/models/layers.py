@@ -1,6 +1,7 @@
 """Small building blocks shared by the model files: annotated layers, activations."""
 
 import flax.linen as nn
+import jax
 
 ACTIVATIONS = {
     'relu': nn.relu,
@@ -9,6 +10,26 @@ ACTIVATIONS = {
     'gelu': nn.gelu,
     'silu': nn.silu,
 }
+
+
+def token_matmul(x, w, precision=None, preferred_element_type=None):
+  """x (..., d_in) @ w (d_in, d_out): every leading axis of x merged into one token axis first.
+
+  Same math, same bits as a 3-D dot, but faster on CPU: autodiff of a (batch, length, d_in) dot
+  gives a weight-gradient dot with both operands transposed, which XLA:CPU runs on its slow
+  Eigen path and feeds through a transposing copy; on a 2-D x every forward and backward matmul
+  is a plain GEMM (1.5x faster for a Transformer MLP here). Leading axes are major, so a batch
+  sharded over the mesh stays sharded through the reshape.
+  """
+  y = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())), precision=precision,
+                          preferred_element_type=preferred_element_type)
+  return y.reshape(x.shape[:-1] + w.shape[1:])
+
+
+def token_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """nn.Dense's dot_general, routed through token_matmul (Dense contracts lhs's last axis)."""
+  assert dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())), dimension_numbers
+  return token_matmul(lhs, rhs, precision, preferred_element_type)
 
 
 def dense(features: int, axes: tuple[str, str], name: str | None = None) -> nn.Dense:
