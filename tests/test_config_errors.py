@@ -2,6 +2,7 @@
 
 import os
 
+import ml_collections
 import pytest
 
 from bigjax import config as config_lib
@@ -71,3 +72,12 @@ def test_validate_accepts_every_experiment():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_lib.validate(module.get_config())  # raises on any bad field
+
+
+@pytest.mark.parametrize('model, pooling, expected', [
+    ('lstm_classifier', 'first', 'model.pooling'), ('transformer_classifier', 'last', 'no last state')])
+def test_text_classifier_pooling_is_checked(model, pooling, expected):
+  c = config_lib.base_config()
+  c.model = ml_collections.ConfigDict({'name': model, 'pooling': pooling})
+  with pytest.raises(config_lib.ConfigError, match=expected):
+    config_lib.validate(c)

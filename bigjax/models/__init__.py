@@ -13,15 +13,25 @@ import jax
 from bigjax import flops
 from bigjax.config import check, check_choice
 from bigjax.models.cnn import LeNet, ResNet
-from bigjax.models.layers import ACTIVATIONS
+from bigjax.models.layers import ACTIVATIONS, POOLINGS
+from bigjax.models.lstm import LSTMClassifier
 from bigjax.models.mlp import MLP
-from bigjax.models.transformer import MLPS, NORMS, POSITIONS, REMAT_POLICIES, TransformerLM
+from bigjax.models.transformer import (
+  MLPS,
+  NORMS,
+  POSITIONS,
+  REMAT_POLICIES,
+  TransformerClassifier,
+  TransformerLM,
+)
 
 MODELS = {
     'mlp': MLP,
     'lenet': LeNet,
     'resnet': ResNet,
     'transformer_lm': TransformerLM,
+    'lstm_classifier': LSTMClassifier,
+    'transformer_classifier': TransformerClassifier,
 }
 DTYPES = ('auto', 'float32', 'bfloat16')  # auto: bfloat16 on TPU and GPU, float32 on CPU
 
@@ -39,7 +49,7 @@ def check_config(model_config) -> None:
   if 'activation' in model_config:
     check_choice(model_config, 'model', 'activation', ACTIVATIONS)
   for field, allowed in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
-                         ('remat', REMAT_POLICIES), ('dtype', DTYPES)):
+                         ('remat', REMAT_POLICIES), ('dtype', DTYPES), ('pooling', POOLINGS)):
     if field in model_config:
       check_choice(model_config, 'model', field, allowed)
   if 'num_heads' in model_config:
@@ -47,6 +57,9 @@ def check_config(model_config) -> None:
     check(model_config.get('d_model', 128) % heads == 0, 'model.d_model', model_config.get('d_model'),
           f'use a multiple of model.num_heads={heads}')
     check(heads % kv == 0, 'model.num_kv_heads', kv, f'use a divisor of model.num_heads={heads}')
+  if model_config.name == 'transformer_classifier':
+    check(model_config.get('pooling', 'mean') != 'last', 'model.pooling', 'last',
+          'an encoder has no last state: use mean or max')
   if 'dropout' in model_config:
     check(0 <= model_config.dropout < 1, 'model.dropout', model_config.dropout, 'use a rate in [0, 1)')
 

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 ACTIVATIONS = {
     'relu': nn.relu,
@@ -63,3 +64,21 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('conv_out',)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
       name=name)
+
+
+POOLINGS = ('last', 'mean', 'max')
+
+
+def masked_pool(states, valid, mode: str, last=None):
+  """Pools (B, T, F) states over the real tokens only (valid (B, T)), so padding never counts.
+
+  'mean' and 'max' read states; 'last' returns `last`, the recurrent state after the last real
+  token, which a masked recurrence computes itself (a sequence with no real token pools to 0).
+  """
+  if mode == 'last':
+    return last
+  mask = valid[..., None]
+  if mode == 'mean':
+    return jnp.sum(jnp.where(mask, states, 0), axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+  pooled = jnp.max(jnp.where(mask, states, -jnp.inf), axis=1)
+  return jnp.where(jnp.any(valid, axis=1)[:, None], pooled, 0)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models.layers import ACTIVATIONS, token_dot_general, token_matmul
+from bigjax.models.layers import ACTIVATIONS, masked_pool, token_dot_general, token_matmul
 
 REMAT_POLICIES = {
     'none': None,  # no rematerialization: fastest, most memory
@@ -252,3 +252,46 @@ class TransformerLM(nn.Module):
       logits = nn.Dense(self.num_outputs, dtype=dtype, use_bias=False, name='unembed',
                         kernel_init=_init(('embed', 'vocab')))(x)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+
+class TransformerClassifier(nn.Module):
+  """A Transformer encoder: tokens (B, T), pad_id for padding -> class logits (B, num_outputs).
+
+  The blocks are the decoder's, run without the causal mask. Padding is masked out of attention
+  and out of the pooling, and positions count real tokens only, so padding (left or right) never
+  changes a prediction.
+  """
+  num_outputs: int
+  vocab_size: int = 10_002  # the tokenizer's
+  num_layers: int = 2
+  d_model: int = 128
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  mlp: str = 'gelu'  # gelu | swiglu
+  norm: str = 'layernorm'  # layernorm | rmsnorm
+  positions: str = 'learned'  # learned | rope
+  max_length: int = 512  # learned positions only
+  pooling: str = 'mean'  # mean | max, over real tokens
+  dropout: float = 0.1
+  dtype: str = 'float32'
+  pad_id: int = 0
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    dtype = jnp.dtype(self.dtype)
+    valid = tokens != self.pad_id
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    x = nn.Embed(self.vocab_size, self.d_model, dtype=dtype, name='embed',
+                 embedding_init=_init(('vocab', 'embed'), nn.initializers.normal(0.02)))(tokens)
+    if self.positions == 'learned':
+      x += nn.Embed(self.max_length, self.d_model, dtype=dtype, name='position_embed',
+                    embedding_init=_init((None, 'embed'), nn.initializers.normal(0.02)))(positions)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    for i in range(self.num_layers):
+      x = Block(self.num_heads, self.num_heads, self.d_model // self.num_heads,
+                int(self.mlp_ratio * self.d_model), self.mlp, self.norm, self.dropout, dtype,
+                self.positions == 'rope', causal=False, train=train, name=f'layer_{i}')(x, positions, valid)
+    x = _norm(self.norm, dtype, 'final_norm')(x).astype(jnp.float32)
+    pooled = masked_pool(x, valid, self.pooling)
+    return nn.Dense(self.num_outputs, name='head', kernel_init=_init(('embed', 'classes')),
+                    bias_init=_init(('classes',), nn.initializers.zeros_init()))(pooled)

@@ -1,0 +1,116 @@
+"""Text classifiers: the masked LSTM (against flax's LSTMCell), every pooling mode, the
+bidirectional path, padding never changing a prediction, and learning a small synthetic task."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bigjax.models.lstm import LSTM, LSTMClassifier
+from bigjax.models.transformer import TransformerClassifier
+
+
+def _init(model, tokens):
+  return nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
+
+
+def test_the_lstm_computes_what_flax_lstmcell_computes():
+  x = jax.random.normal(jax.random.key(1), (3, 7, 5))
+  cell = nn.RNN(nn.LSTMCell(4))
+  flax_params = cell.init(jax.random.key(2), x)['params']['cell']
+  gates = 'ifgo'  # flax's names for the input, forget, cell and output gates
+  ours = {'input_kernel': jnp.concatenate([flax_params[f'i{g}']['kernel'] for g in gates], axis=1),
+          'recurrent_kernel': jnp.concatenate([flax_params[f'h{g}']['kernel'] for g in gates], axis=1),
+          'bias': jnp.concatenate([flax_params[f'h{g}']['bias'] for g in gates])}
+  states, last = LSTM(4).apply({'params': ours}, x, jnp.ones((3, 7), bool))
+  expected = cell.apply({'params': {'cell': flax_params}}, x)
+  np.testing.assert_allclose(states, expected, atol=1e-5)
+  np.testing.assert_allclose(last, expected[:, -1], atol=1e-5)
+
+
+def test_the_backward_direction_reads_the_sequence_from_its_end():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 5))
+  valid = jnp.ones((2, 6), bool)
+  params = nn.meta.unbox(LSTM(4).init(jax.random.key(0), x, valid)['params'])
+  backward_states, backward_last = LSTM(4, reverse=True).apply({'params': params}, x, valid)
+  forward_states, forward_last = LSTM(4).apply({'params': params}, x[:, ::-1], valid)
+  np.testing.assert_allclose(backward_last, forward_last, atol=1e-6)
+  np.testing.assert_allclose(backward_states, forward_states[:, ::-1], atol=1e-6)
+
+
+CLASSIFIERS = [
+    LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, pooling='last'),
+    LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, pooling='mean'),
+    LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, pooling='max'),
+    LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, num_layers=2, bidirectional=True, pooling='last'),
+    TransformerClassifier(3, vocab_size=30, d_model=16, num_heads=2, pooling='mean', dropout=0.0),
+    TransformerClassifier(3, vocab_size=30, d_model=16, num_heads=2, pooling='max', positions='rope',
+                          dropout=0.0),
+]
+
+
+@pytest.mark.parametrize('model', CLASSIFIERS, ids=lambda m: f'{type(m).__name__}-{m.pooling}')
+def test_padding_never_changes_a_prediction(model):
+  tokens = jax.random.randint(jax.random.key(3), (4, 9), 1, 30)  # 0 is the pad id
+  params = _init(model, tokens)
+  apply = jax.jit(model.apply)
+  logits = apply({'params': params}, tokens)
+  pads = jnp.zeros((4, 5), tokens.dtype)
+  for padded in (jnp.concatenate([tokens, pads], 1), jnp.concatenate([pads, tokens], 1)):
+    np.testing.assert_allclose(apply({'params': params}, padded), logits, atol=2e-5)
+  # ...while a real token does change it.
+  assert not np.allclose(apply({'params': params}, tokens.at[:, 4].set(7)), logits, atol=1e-4)
+
+
+def test_each_pooling_mode_pools_real_tokens_only():
+  tokens = jnp.array([[5, 6, 7, 0, 0], [8, 9, 0, 0, 0]])
+  base = LSTMClassifier(2, vocab_size=30, embed_dim=8, hidden=6)
+  params = _init(base, tokens)
+  embedded = params['embed']['embedding'][tokens]
+  states, last = LSTM(6).apply({'params': params['lstm_0_forward']}, embedded, tokens != 0)
+  head = lambda v: v @ params['head']['kernel'] + params['head']['bias']  # noqa: E731
+  expected = {'last': jnp.stack([states[0, 2], states[1, 1]]),
+              'mean': jnp.stack([states[0, :3].mean(0), states[1, :2].mean(0)]),
+              'max': jnp.stack([states[0, :3].max(0), states[1, :2].max(0)])}
+  np.testing.assert_allclose(last, expected['last'], atol=1e-6)
+  for mode, pooled in expected.items():
+    model = LSTMClassifier(2, vocab_size=30, embed_dim=8, hidden=6, pooling=mode)
+    np.testing.assert_allclose(model.apply({'params': params}, tokens), head(pooled), atol=1e-5)
+
+
+@pytest.mark.parametrize('model', [
+    LSTMClassifier(2, vocab_size=12, embed_dim=16, hidden=32, bidirectional=True, pooling='max'),
+    TransformerClassifier(2, vocab_size=12, d_model=32, num_heads=2, dropout=0.0, pooling='max')],
+    ids=['lstm', 'transformer'])
+def test_learns_whether_a_token_occurs(model):
+  """Label 1 iff token 3 occurs in a variable-length sequence: needs the whole sequence, ignores pads."""
+  rng = np.random.default_rng(0)
+
+  def batch(n):
+    tokens = rng.integers(4, 12, (n, 12))
+    labels = rng.integers(0, 2, n)
+    where = rng.integers(0, 12, n)
+    tokens[labels == 1, where[labels == 1]] = 3
+    lengths = np.maximum(rng.integers(4, 13, n), where + 1)
+    tokens[np.arange(12)[None, :] >= lengths[:, None]] = 0
+    return jnp.asarray(tokens), jnp.asarray(labels)
+
+  params = _init(model, batch(2)[0])
+  optimizer = optax.adam(3e-3)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, opt_state, tokens, labels):
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+        model.apply({'params': p}, tokens), labels).mean()
+    grads = jax.grad(loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  for _ in range(300):
+    params, opt_state = step(params, opt_state, *batch(32))
+  tokens, labels = batch(500)
+  accuracy = float(jnp.mean(jnp.argmax(model.apply({'params': params}, tokens), -1) == labels))
+  assert accuracy > 0.95
