@@ -81,3 +81,10 @@ def test_text_classifier_pooling_is_checked(model, pooling, expected):
   c.model = ml_collections.ConfigDict({'name': model, 'pooling': pooling})
   with pytest.raises(config_lib.ConfigError, match=expected):
     config_lib.validate(c)
+
+
+def test_query_blocks_must_be_positive():
+  c = config_lib.base_config()
+  c.model = ml_collections.ConfigDict({'name': 'transformer_lm', 'query_blocks': 0})
+  with pytest.raises(config_lib.ConfigError, match='model.query_blocks'):
+    config_lib.validate(c)

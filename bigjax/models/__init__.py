@@ -57,6 +57,9 @@ def check_config(model_config) -> None:
     check(model_config.get('d_model', 128) % heads == 0, 'model.d_model', model_config.get('d_model'),
           f'use a multiple of model.num_heads={heads}')
     check(heads % kv == 0, 'model.num_kv_heads', kv, f'use a divisor of model.num_heads={heads}')
+  if 'query_blocks' in model_config:
+    check(model_config.query_blocks >= 1, 'model.query_blocks', model_config.query_blocks,
+          'use 1 (one attention call) or more query chunks')
   if model_config.name == 'transformer_classifier':
     check(model_config.get('pooling', 'mean') != 'last', 'model.pooling', 'last',
           'an encoder has no last state: use mean or max')

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models.layers import ACTIVATIONS, masked_pool, token_dot_general, token_matmul
+from bigjax.models.layers import ACTIVATIONS, dense, masked_pool, token_dot_general, token_matmul
 
 REMAT_POLICIES = {
     'none': None,  # no rematerialization: fastest, most memory
@@ -147,15 +147,15 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = functools.partial(nn.Dense, dtype=self.dtype, use_bias=False, dot_general=token_dot_general)
-    up = dense(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x)
+    linear = functools.partial(nn.Dense, dtype=self.dtype, use_bias=False, dot_general=token_dot_general)
+    up = linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x)
     if self.kind == 'swiglu':
-      gate = dense(self.hidden, kernel_init=_init(('embed', 'mlp')), name='gate')(x)
+      gate = linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='gate')(x)
       h = nn.silu(gate) * up
     else:
       h = ACTIVATIONS['gelu'](up)
     h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
-    return dense(x.shape[-1], kernel_init=_init(('mlp', 'embed')), name='down')(h)
+    return linear(x.shape[-1], kernel_init=_init(('mlp', 'embed')), name='down')(h)
 
 
 class Block(nn.Module):
@@ -293,5 +293,4 @@ class TransformerClassifier(nn.Module):
                 self.positions == 'rope', causal=False, train=train, name=f'layer_{i}')(x, positions, valid)
     x = _norm(self.norm, dtype, 'final_norm')(x).astype(jnp.float32)
     pooled = masked_pool(x, valid, self.pooling)
-    return nn.Dense(self.num_outputs, name='head', kernel_init=_init(('embed', 'classes')),
-                    bias_init=_init(('classes',), nn.initializers.zeros_init()))(pooled)
+    return dense(self.num_outputs, ('embed', 'classes'), name='head')(pooled)
