@@ -108,6 +108,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_config(config.model)
   check_choice(config.data, 'data', 'name', data.DATASETS)
   data.check_config(config.data)
+  model_fields = {**models.defaults(config.model.name), **config.model}
+  if model_fields.get('positions') == 'learned' and 'seq_len' in config.data:
+    check(model_fields['max_length'] >= config.data.seq_len, 'model.max_length', model_fields['max_length'],
+          f'learned positions need one per token: use >= data.seq_len={config.data.seq_len}')
   check_choice(config.optim, 'optim', 'name', optim.OPTIMIZERS)
   check_choice(config.optim, 'optim', 'schedule', optim.SCHEDULES)
   need(config.optim.lr > 0, 'optim.lr', 'use a learning rate > 0')

@@ -82,7 +82,7 @@ def sample_checkpoint(config, workdir: str, prompt: str, *, num_samples: int, ma
   """Continuations of prompt from the newest checkpoint in workdir (--mode=sample)."""
   from bigjax import sharding, train  # noqa: PLC0415 (decode itself needs no trainer)
   from bigjax.config import ConfigError  # noqa: PLC0415
-  s = train.setup(config)
+  s = train.setup(config, workdir)
   tokenizer = s.dataset.tokenizer
   if tokenizer is None:
     raise ConfigError(f'--mode=sample needs a language model: data.name={config.data.name!r} is not text')

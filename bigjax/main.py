@@ -1,7 +1,7 @@
 """bigjax's entry point.
 
   python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
-      [--workdir=runs/digits] [--mode=train|eval] [--dry_run]
+      [--workdir=runs/digits] [--mode=train|eval|sample|predict] [--dry_run]
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Bad input (an unknown field, a wrong type, a missing config file, an invalid
@@ -23,10 +23,11 @@ from bigjax.config import ConfigError, validate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'sample'],
+    'mode', 'train', ['train', 'eval', 'sample', 'predict'],
     'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test) | '
-    'sample (a language model continues --prompt).')
+    'sample (a language model continues --prompt) | predict (a text classifier labels each --text).')
 _PROMPT = flags.DEFINE_string('prompt', '', '--mode=sample: the text to continue.')
+_TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict: a text to classify (repeat for more).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 3, '--mode=sample: continuations to print.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, '--mode=sample: tokens per continuation.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '--mode=sample: 0 is greedy.')
@@ -172,6 +173,12 @@ def main(argv):
           max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
           top_p=_TOP_P.value):
         print(f'--- {_PROMPT.value}{text}', flush=True)
+    elif _MODE.value == 'predict':
+      if not _TEXT.value:
+        raise ConfigError('--mode=predict needs at least one --text="..." to classify')
+      from bigjax import predict
+      for line in predict.predict_checkpoint(config, workdir, _TEXT.value):
+        print(json.dumps(line), flush=True)
     else:
       train.evaluate_checkpoint(config, workdir)
   except ConfigError as e:

@@ -49,14 +49,19 @@ def _example_inputs(dataset) -> np.ndarray:
   return dataset.preprocess(dataset.splits['train'].read([0]))['inputs']
 
 
-def setup(config) -> Setup:
+def tokenizer_path(workdir: str | None) -> str | None:
+  """Where a run keeps its tokenizer: text is read the same way by every later run in the workdir."""
+  return os.path.join(workdir, 'tokenizer') if workdir else None
+
+
+def setup(config, workdir: str | None = None) -> Setup:
   """Checks the config against the devices and data, and builds (but does not run) init.
 
   Raises ConfigError for anything that cannot work, before any compile and
-  before anything is written.
+  before anything is written. A text dataset uses the tokenizer saved in workdir, if any.
   """
   mesh = sharding.make_mesh(config.mesh)
-  dataset = data.load(config.data)
+  dataset = data.load(config.data, tokenizer_path(workdir))
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
     batch_size = len(dataset.splits['train'])
@@ -64,7 +69,11 @@ def setup(config) -> Setup:
   if batch_size % split:
     raise ConfigError(f'config.train.batch_size={batch_size} is invalid: use a multiple of {split} '
                       f'(mesh data x fsdp, times hosts, times train.grad_accum)')
-  model = models.build(config.model, dataset.num_classes)
+  if config.data.get('bucket', 0) and batch_size > len(dataset.splits['train']):
+    raise ConfigError(f'config.train.batch_size={batch_size} is invalid: bucketing needs a train split '
+                      f'of at least one batch ({len(dataset.splits["train"])} examples)')
+  model = models.build(config.model, dataset.num_classes,
+                       dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
   init_key = jax.random.split(jax.random.key(config.seed))[0]
@@ -121,16 +130,16 @@ def make_train_step(s: Setup, config):
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
 
 
-def compile_train_step(s: Setup, config):
-  """The train step compiled ahead of time for the global batch's shapes and shardings.
-
-  The compiled executable also reports XLA's memory and FLOP analysis (--dry_run, MFU).
+def compile_train_step(s: Setup, config, train_step=None):
+  """The train step (make_train_step's, or the one given) compiled ahead of time for the global
+  batch's shapes and shardings. The compiled executable also reports XLA's memory and FLOP
+  analysis (--dry_run, MFU).
   """
   example = s.dataset.preprocess(s.dataset.splits['train'].read([0]))
   batch_sharding = sharding.batch_sharding(s.mesh)
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
-  return make_train_step(s, config).lower(s.abstract_state, batch).compile()
+  return (train_step or make_train_step(s, config)).lower(s.abstract_state, batch).compile()
 
 
 def xla_flops(compiled) -> float:
@@ -187,7 +196,7 @@ def _data_parallel(grads_and_metrics, mesh):
                        out_specs=replicated, check_vma=False)
 
 
-def make_evaluate(s: Setup):
+def make_evaluate(s: Setup, config):
   """Returns evaluate(state, split) -> metrics over every example of the split."""
   def eval_step(state: TrainState, batch):
     outputs = s.model.apply({'params': state.params, **state.model_state}, batch['inputs'], train=False)
@@ -199,7 +208,8 @@ def make_evaluate(s: Setup):
   def evaluate(state: TrainState, split: str) -> dict:
     sums = None
     rows = sharding.host_batch_rows(s.mesh, s.batch_size)
-    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size, rows):
+    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size, rows,
+                                       bucket=config.data.get('bucket', 0)):
       batch_sums = eval_step(state, sharding.shard_batch(batch, s.mesh))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return s.task.summarize(jax.device_get(sums))
@@ -218,52 +228,83 @@ def _throughput(s: Setup, config, compiled_step):
   logging.info('%s parameters; model FLOPs per step %.4g (XLA counts %.4g); peak %.4g FLOP/s (%s).',
                f'{num_params:,}', model, xla, peak, source)
 
-  def rates(steps_per_s: float) -> dict:
+  def rates(steps_per_s: float, length_fraction: float = 1.0) -> dict:
+    """length_fraction: the mean batch length over the full one (bucketing cuts batches short,
+    and FLOPs scale with length; quadratic attention is counted as linear, a small overstatement)."""
     out = {f'{units}_per_s': steps_per_s * s.batch_size * per_example}
     if peak:
-      out['mfu'] = model * steps_per_s / peak
+      out['mfu'] = model * length_fraction * steps_per_s / peak
     return out
   return rates
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
-  s = setup(config)
-  logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
+def _interval_means(pending: list) -> tuple[dict, float]:
+  """The mean of each train metric over a log interval, and the mean batch-length fraction."""
+  fetched = jax.device_get([metrics for metrics, _ in pending])
+  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  return means, float(np.mean([length for _, length in pending]))
+
+
+def _log_per_class(split: str, metrics: dict, class_names) -> None:
+  if 'confusion_matrix' in metrics:  # tasks with classes report one; the LM does not
+    logging.info('%s per class:\n%s\n%s confusion matrix:\n%s', split,
+                 writers.per_class_table(metrics, class_names), split,
+                 writers.confusion_table(metrics['confusion_matrix'], class_names))
+
+
+def _write_run_files(s: Setup, config, workdir: str) -> None:
+  """The resolved config, and the tokenizer the run reads text with (kept from its first start)."""
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    if s.dataset.tokenizer and not os.path.exists(tokenizer_path(workdir)):
+      data.tokenizers.save(s.dataset.tokenizer, tokenizer_path(workdir))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
+  s = setup(config, workdir)
+  logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
+  _write_run_files(s, config, workdir)
 
   with sharding.active(s.mesh, s.rules):
     train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess, s.batch_size,
-                                         config.seed, sharding.host_batch_rows(s.mesh, s.batch_size))
+                                         config.seed, sharding.host_batch_rows(s.mesh, s.batch_size),
+                                         bucket=config.data.get('bucket', 0))
     mngr = checkpoint.manager(workdir, config.checkpoint)
     state, step = checkpoint.restore(mngr, s.abstract_state, train_iter)
     if state is None:
       state = s.init()
     else:
       logging.info('Resumed from step %d in %s.', step, workdir)
-    train_step, evaluate = compile_train_step(s, config), make_evaluate(s)
-    rates = _throughput(s, config, train_step)
-    writer = writers.MetricWriter(workdir, resume_step=step)
+    # Compiled ahead for the full batch shape (FLOPs for MFU); calls of the same shape reuse
+    # that executable, and bucketed batches of other lengths compile once each.
+    train_step = make_train_step(s, config)
+    rates = _throughput(s, config, compile_train_step(s, config, train_step))
+    evaluate = make_evaluate(s, config)
+    writer = writers.MetricWriter(workdir, resume_step=step, class_names=s.dataset.class_names)
     progress = writers.Progress(config.train.steps, step)
     total, tc = config.train.steps, config.train
-    pending = []  # per-step metrics on device, fetched once per log interval (no per-step host sync)
+    eval_metrics = {}
+    full = _example_inputs(s.dataset)
+    # (metrics on device, batch length / full length) of each step, fetched once per log interval
+    # (no per-step host sync). Bucketing cuts batches short: MFU counts the FLOPs actually run.
+    pending = []
     while step < total:
-      batch = sharding.shard_batch(next(train_iter), s.mesh)
-      state, metrics = train_step(state, batch)
+      batch = next(train_iter)
+      length = batch['inputs'].shape[1] / full.shape[1] if full.ndim > 1 else 1.0
+      state, metrics = train_step(state, sharding.shard_batch(batch, s.mesh))
       step += 1
       if pending:
         # At most two steps in flight: enough to keep a device busy, and it bounds the
         # dispatch queue (multi-process CPU collectives deadlock when many steps queue up).
-        jax.block_until_ready(pending[-1])
-      pending.append(metrics)
+        jax.block_until_ready(pending[-1][0])
+      pending.append((metrics, length))
       if step % tc.log_every == 0 or step == total:
-        fetched = jax.device_get(pending)
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        means, length = _interval_means(pending)
         pending = []
-        means.update(rates(progress.tick(step)))
+        means.update(rates(progress.tick(step), length))
         writer.write(step, 'train', means)
         progress.show(step, means)
       if (tc.eval_every and step % tc.eval_every == 0) or step == total:
@@ -276,9 +317,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     test_metrics = evaluate(state, 'test')
     writer.write(step, 'test', test_metrics)
     logging.info('test at step %d: %s', step, writers.format_metrics(test_metrics))
-    if 'confusion_matrix' in test_metrics:  # tasks with classes report one; the LM does not
-      logging.info('test confusion matrix (rows: label, columns: prediction):\n%s',
-                   test_metrics['confusion_matrix'])
+    _log_per_class('eval', eval_metrics, s.dataset.class_names)
+    _log_per_class('test', test_metrics, s.dataset.class_names)
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
@@ -300,13 +340,14 @@ def restore_newest(s: Setup, config, workdir: str):
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """Restores the newest checkpoint in workdir and evaluates it on eval and test."""
-  s = setup(config)
+  s = setup(config, workdir)
   with sharding.active(s.mesh, s.rules):
     state, step = restore_newest(s, config, workdir)
-    evaluate = make_evaluate(s)
+    evaluate = make_evaluate(s, config)
     results = {}
     for split in ('eval', 'test'):
       results[split] = evaluate(state, split)
       scalars = {k: v for k, v in results[split].items() if np.ndim(v) == 0}
       print(json.dumps({'step': step, 'split': split, **scalars}), flush=True)
+      _log_per_class(split, results[split], s.dataset.class_names)
   return results

@@ -1,7 +1,8 @@
 """Where metrics go: metrics.jsonl, TensorBoard (tensorboardX), and a console progress line.
 
 Only process 0 writes. Scalars go to metrics.jsonl and TensorBoard; arrays
-(per-class figures, confusion matrices) go to details.jsonl and TensorBoard text.
+(per-class figures, confusion matrices) go to details.jsonl, and to TensorBoard as
+one scalar per class (`eval/per_class_f1/<class>`) and a table (TEXT tab).
 """
 
 import datetime
@@ -31,8 +32,9 @@ def _keep_after_resume(line: str, step: int) -> bool:
 class MetricWriter:
   """Appends to the workdir's logs; on resume, first drops what the resumed run will redo."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, class_names=()):
     self.enabled = jax.process_index() == 0
+    self.class_names = class_names
     self.start = time.time()
     if not self.enabled:
       return
@@ -66,14 +68,55 @@ class MetricWriter:
         self.files[name].flush()
     for k, v in scalars.items():
       self.tensorboard.add_scalar(f'{split}/{k}', v, step)
+    names = class_names(metrics, self.class_names)
     for k, v in arrays.items():
-      self.tensorboard.add_text(f'{split}/{k}', json.dumps(v), step)
+      if k.startswith('per_class_'):
+        for name, value in zip(names, v):
+          self.tensorboard.add_scalar(f'{split}/{k}/{name}', value, step)
+      elif k == 'confusion_matrix':  # markdown: TensorBoard's text tab draws it as a table
+        self.tensorboard.add_text(f'{split}/{k}', confusion_table(v, names, markdown=True), step)
+      else:
+        self.tensorboard.add_text(f'{split}/{k}', json.dumps(v), step)
 
   def close(self) -> None:
     if self.enabled:
       for f in self.files.values():
         f.close()
       self.tensorboard.close()
+
+
+def class_names(metrics: dict, names=()) -> list[str]:
+  """The dataset's class names if it has them (and they fit), else '0', '1', ..."""
+  count = len(metrics.get('per_class_f1', ()))
+  return list(names) if len(names) == count else [str(i) for i in range(count)]
+
+
+def per_class_table(metrics: dict, names=()) -> str:
+  """Precision, recall, F1 and support of each class, one line each."""
+  names = class_names(metrics, names)
+  support = np.asarray(metrics['confusion_matrix']).sum(axis=1)
+  width = max(len(n) for n in names + ['class'])
+  lines = [f'{"class":<{width}}  precision  recall      f1  support']
+  for i, name in enumerate(names):
+    precision, recall, f1 = (metrics[f'per_class_{k}'][i] for k in ('precision', 'recall', 'f1'))
+    lines.append(f'{name:<{width}}  {precision:9.4f}  {recall:6.4f}  {f1:6.4f}  {support[i]:7d}')
+  return '\n'.join(lines)
+
+
+def confusion_table(counts, names=(), markdown: bool = False) -> str:
+  """Rows: true class; columns: predicted class."""
+  counts = np.asarray(counts)
+  names = list(names) or [str(i) for i in range(len(counts))]
+  if markdown:
+    rows = [' | '.join(['label \\ predicted', *names]), ' | '.join(['---'] * (len(names) + 1))]
+    rows += [' | '.join([name, *map(str, row)]) for name, row in zip(names, counts)]
+    return '\n'.join(rows)
+  width = max(len(str(counts.max())), 3)
+  label_width = max(len(n) for n in names)
+  header = ' ' * label_width + '  ' + ' '.join(f'{i:>{width}}' for i in range(len(names)))
+  rows = [f'{name:<{label_width}}  ' + ' '.join(f'{c:>{width}}' for c in row)
+          for name, row in zip(names, counts)]
+  return '\n'.join([header, *rows, '(rows: label; columns: predicted class, by row number from 0)'])
 
 
 def format_metrics(metrics: dict) -> str:

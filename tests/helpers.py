@@ -25,3 +25,22 @@ def read_metrics(workdir, split=None):
 
 # Train-line fields that measure the machine, not the run: they differ between equal runs.
 RATES = ('time', 'examples_per_s', 'tokens_per_s', 'mfu')
+
+
+def tensorboard_tags(workdir) -> set:
+  """Every summary tag in the workdir's TensorBoard event files (TFRecord framing, read by hand)."""
+  import glob
+  import struct
+
+  from tensorboardX.proto.event_pb2 import Event
+  tags = set()
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    with open(path, 'rb') as f:
+      content = f.read()
+    offset = 0
+    while offset < len(content):  # record: length (8 bytes), its CRC (4), data, data CRC (4)
+      (length,) = struct.unpack('<Q', content[offset:offset + 8])
+      event = Event.FromString(content[offset + 12:offset + 12 + length])
+      tags.update(value.tag for value in event.summary.value)
+      offset += 16 + length
+  return tags

@@ -114,3 +114,75 @@ def test_learns_whether_a_token_occurs(model):
   tokens, labels = batch(500)
   accuracy = float(jnp.mean(jnp.argmax(model.apply({'params': params}, tokens), -1) == labels))
   assert accuracy > 0.95
+
+
+def _reference_lstm(params, x, valid, reverse):
+  """The plain masked LSTM, left to autodiff: what LSTM's custom gradient must reproduce."""
+  w, u, b = params['input_kernel'], params['recurrent_kernel'], params['bias']
+
+  def step(carry, inputs):
+    h, c = carry
+    x_t, real = inputs
+    i, f, g, o = jnp.split(x_t @ w + b + h @ u, 4, axis=-1)
+    c_next = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_next = jax.nn.sigmoid(o) * jnp.tanh(c_next)
+    real = real[:, None]
+    h, c = jnp.where(real, h_next, h), jnp.where(real, c_next, c)
+    return (h, c), h
+
+  zeros = jnp.zeros((x.shape[0], u.shape[0]))
+  (last, _), states = jax.lax.scan(step, (zeros, zeros), (x.swapaxes(0, 1), valid.T), reverse=reverse)
+  return states.swapaxes(0, 1), last
+
+
+@pytest.mark.parametrize('reverse', [False, True], ids=['forward', 'backward'])
+def test_the_lstm_gradient_is_autodiffs_of_the_plain_scan(reverse):
+  """Padding in the middle, at the start and at the end of sequences; loss on every state and the last."""
+  keys = jax.random.split(jax.random.key(4), 4)
+  x = jax.random.normal(keys[0], (4, 11, 5))
+  valid = jnp.array([[1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1],   # a gap in the middle
+                     [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],   # padded at the start
+                     [1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0],   # ...and at the end
+                     [0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0]], bool)  # both ends and a gap
+  model = LSTM(6, reverse=reverse)
+  params = nn.meta.unbox(model.init(keys[1], x, valid)['params'])
+  state_weights, last_weights = jax.random.normal(keys[2], (4, 11, 6)), jax.random.normal(keys[3], (4, 6))
+
+  def loss(run):
+    return lambda p, x: sum(jnp.sum(w * v) for w, v in zip((state_weights, last_weights), run(p, x)))
+
+  ours = jax.jit(jax.value_and_grad(loss(lambda p, x: model.apply({'params': p}, x, valid)), (0, 1)))
+  reference = jax.jit(jax.value_and_grad(loss(lambda p, x: _reference_lstm(p, x, valid, reverse)), (0, 1)))
+  (value, grads), (expected_value, expected_grads) = ours(params, x), reference(params, x)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  # Same inputs, same bits.
+  again = ours(params, x)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves((value, grads)), jax.tree.leaves(again)))
+
+
+def test_a_two_layer_bidirectional_lstm_gradient_is_autodiffs_of_the_plain_scan():
+  """LSTMClassifier's stacking written out: both directions read x, the next layer their concatenation."""
+  keys = jax.random.split(jax.random.key(5), 6)
+  x = jax.random.normal(keys[0], (3, 10, 5))
+  valid = jnp.ones((3, 10), bool).at[0, 6:].set(False).at[1, :3].set(False).at[2, 4:6].set(False)
+  layers = [(LSTM(6), LSTM(6, reverse=True)), (LSTM(4), LSTM(4, reverse=True))]
+  inits = zip(layers, (keys[1:3], keys[3:5]), (5, 12))  # (modules, keys, input width) per layer
+  params = [tuple(nn.meta.unbox(m.init(k, jnp.zeros((3, 10, width)), valid)['params'])
+                  for m, k in zip(pair, ks)) for pair, ks, width in inits]
+  weights = jax.random.normal(keys[5], (3, 10, 8))
+
+  def loss(run):
+    def f(params, x):
+      for pair, layer_params in zip(layers, params):
+        x = jnp.concatenate([run(m, p, x)[0] for m, p in zip(pair, layer_params)], axis=-1)
+      return jnp.sum(jnp.where(valid[..., None], x * weights, 0))
+    return f
+
+  ours = jax.jit(jax.grad(loss(lambda m, p, x: m.apply({'params': p}, x, valid)), (0, 1)))(params, x)
+  expected = jax.jit(jax.grad(loss(lambda m, p, x: _reference_lstm(p, x, valid, m.reverse)), (0, 1)))(
+      params, x)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()),
+                               err_msg=jax.tree_util.keystr(path))

@@ -4,10 +4,14 @@ Every dataset is read through `tfds.data_source` (ArrayRecord, random access,
 no TensorFlow). Offline datasets carry their own TFDS builder and are prepared
 into the data dir on first use; the others must have been prepared before.
 
-Text datasets (a `text_feature`) are for language modelling: each split is
-tokenized once (cached beside the data, with the tokenizer), its documents
-joined with EOS, and cut into windows of seq_len + 1 tokens; a batch is
-{'inputs': window[:-1], 'targets': window[1:]}.
+Text datasets (a `text_feature`) are tokenized once per split (cached beside the
+data, keyed by the tokenizer's fingerprint). The tokenizer is trained on the train
+split and saved with the run (`tokenizer_path`), so that eval, sampling and later
+runs in the same workdir read text exactly as training did.
+- Language modelling (no `label_feature`): documents joined with EOS and cut into
+  windows of seq_len + 1 tokens; a batch is {'inputs': window[:-1], 'targets': window[1:]}.
+- Text classification: each text truncated to its first seq_len tokens and padded
+  with the pad id; a batch is {'inputs': (B, seq_len) ids, 'label': (B,)}.
 """
 
 import os
@@ -21,7 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from bigjax.config import ConfigError, check, check_choice
-from bigjax.data import digits, pipeline, python_stdlib, tokenizers
+from bigjax.data import digits, pipeline, python_stdlib, stdlib_snippets, tokenizers
 
 
 def images_to_inputs(batch: dict) -> dict:
@@ -36,7 +40,8 @@ class DatasetSpec(NamedTuple):
   num_classes: int
   preprocess: Callable  # numpy batch -> model-ready numpy batch
   builder: type | None = None  # offline: a TFDS builder prepared on first use
-  text_feature: str | None = None  # text for language modelling: tokenized and packed
+  text_feature: str | None = None  # text: tokenized (for language modelling, packed)
+  label_feature: str | None = None  # text classification: the class of each text
 
 
 _SPLITS = {'train': 'train', 'eval': 'validation', 'test': 'test'}  # ours -> TFDS's
@@ -47,6 +52,12 @@ DATASETS = {
                          10, images_to_inputs),
     'cifar10': DatasetSpec('cifar10', {'train': 'train[:45000]', 'eval': 'train[45000:]', 'test': 'test'},
                            10, images_to_inputs),
+    'imdb_reviews': DatasetSpec('imdb_reviews',
+                                {'train': 'train[:90%]', 'eval': 'train[90%:]', 'test': 'test'},
+                                2, None, text_feature='text', label_feature='label'),
+    'python_stdlib_snippets': DatasetSpec('python_stdlib_snippets', _SPLITS, len(stdlib_snippets.PACKAGES),
+                                          None, builder=stdlib_snippets.PythonStdlibSnippets,
+                                          text_feature='text', label_feature='label'),
     'python_stdlib': DatasetSpec('python_stdlib', _SPLITS, None, None, builder=python_stdlib.PythonStdlib,
                                  text_feature='text'),
     'tiny_shakespeare': DatasetSpec('tiny_shakespeare', _SPLITS, None, None, text_feature='text'),
@@ -61,6 +72,7 @@ class Dataset(NamedTuple):
   splits: dict  # 'train' / 'eval' / 'test' -> pipeline.Split
   preprocess: Callable
   tokenizer: object = None  # text datasets only
+  class_names: tuple = ()  # for per-class figures in logs; empty when the data names none
 
 
 def _data_dir_for_humans(data_dir) -> str:
@@ -74,10 +86,14 @@ def _prepare_offline(spec: DatasetSpec, data_dir) -> None:
     builder.download_and_prepare()
 
 
-def load(data_config) -> Dataset:
-  """Opens the train, eval and test sources; raises ConfigError if they cannot be read."""
-  spec = DATASETS[data_config.name]
-  data_dir = data_config.data_dir
+def _class_names(source) -> tuple:
+  features = source.dataset_info.features if hasattr(source, 'dataset_info') else {}
+  names = getattr(features['label'], 'names', None) if 'label' in features else None
+  return tuple(names) if names and not all(n.isdigit() for n in names) else ()  # '0'..'9' says nothing
+
+
+def _open_sources(spec: DatasetSpec, data_dir) -> dict:
+  """split -> tfds data source, preparing an offline dataset first if needed."""
   if spec.builder is not None:
     # Process 0 prepares first so that hosts sharing a filesystem do not race on the same
     # directory; the others then prepare only if their (local) disk still lacks it.
@@ -97,72 +113,154 @@ def load(data_config) -> Dataset:
           f'{_data_dir_for_humans(data_dir)} ({type(e).__name__}): on a machine with network run '
           f'`tfds build {spec.tfds_name} --file_format=array_record --data_dir=DIR` and copy DIR here, '
           f'or point --config.data.data_dir=DIR at it') from e
+  return sources
+
+
+def load(data_config, tokenizer_path: str | None = None) -> Dataset:
+  """Opens the train, eval and test sources; raises ConfigError if they cannot be read.
+
+  tokenizer_path (text datasets): the run's tokenizer; used if it exists, else made from the
+  train split (or the data dir's cache) and left for the caller to save there.
+  """
+  spec = DATASETS[data_config.name]
+  sources = _open_sources(spec, data_config.data_dir)
   if spec.text_feature:
-    return _load_text(spec, data_config, sources)
+    return _load_text(spec, data_config, sources, tokenizer_path)
   splits = {split: pipeline.Split(source, data_config.in_memory) for split, source in sources.items()}
-  return Dataset(data_config.name, spec.num_classes, splits, spec.preprocess)
+  return Dataset(data_config.name, spec.num_classes, splits, spec.preprocess,
+                 class_names=_class_names(sources['train']))
+
+
+def _as_str(text) -> str:
+  return text.decode('utf-8', errors='replace') if isinstance(text, bytes) else str(text)
 
 
 def _texts(source, feature):
   for i in range(len(source)):
-    text = source[i][feature]
-    yield text.decode('utf-8', errors='replace') if isinstance(text, bytes) else str(text)
+    yield _as_str(source[i][feature])
 
 
-def _tokens(source, feature, tokenizer, path) -> np.ndarray:
-  """The split's documents as one token array, each document followed by EOS; cached at path."""
-  if os.path.exists(path):
-    return np.load(path)
-  logging.info('Tokenizing %d documents into %s (once).', len(source), path)
+def labelled_texts(data_config) -> dict:
+  """split -> (texts, labels) of a text classification dataset, as stored: for baselines."""
+  spec = DATASETS[data_config.name]
+  out = {}
+  for split, source in _open_sources(spec, data_config.data_dir).items():
+    records = [source[i] for i in range(len(source))]
+    out[split] = ([_as_str(r[spec.text_feature]) for r in records],
+                  np.array([r[spec.label_feature] for r in records]))
+  return out
+
+
+def _cached(path: str, make: Callable[[], dict]) -> dict:
+  """The arrays saved at path (.npz), made and saved (atomically) if missing."""
+  if not os.path.exists(path):
+    arrays = make()
+    with open(path + '.tmp', 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(path + '.tmp', path)  # a killed run never leaves a truncated cache
+  with np.load(path) as saved:
+    return dict(saved)
+
+
+def _id_dtype(tokenizer):
+  return np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+
+
+def _document_stream(source, feature, tokenizer) -> dict:
+  """The split's documents as one token array, each document followed by EOS."""
+  logging.info('Tokenizing %d documents (once).', len(source))
   ids = []
   for text in _texts(source, feature):
     ids.extend(tokenizer.encode(text))
     ids.append(tokenizer.eos_id)
-  tokens = np.asarray(ids, np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32)
-  with open(path + '.tmp', 'wb') as f:
-    np.save(f, tokens)
-  os.replace(path + '.tmp', path)  # atomic: a killed run never leaves a truncated cache
-  return tokens
+  return {'tokens': np.asarray(ids, _id_dtype(tokenizer))}
+
+
+def encode_texts(tokenizer, texts, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(N, seq_len) ids, each text's first seq_len tokens padded at the end; and each text's length."""
+  texts = list(texts)
+  tokens = np.full((len(texts), seq_len), tokenizer.pad_id, _id_dtype(tokenizer))
+  lengths = np.zeros(len(texts), np.int32)
+  for i, text in enumerate(texts):
+    ids = tokenizer.encode(text)
+    tokens[i, :min(len(ids), seq_len)] = ids[:seq_len]
+    lengths[i] = len(ids)
+  return tokens, lengths
+
+
+def _labelled_texts(source, spec, tokenizer, seq_len) -> dict:
+  """Each text's first seq_len tokens, padded; its label; its length before truncation."""
+  logging.info('Tokenizing %d texts (once).', len(source))
+  records = [source[i] for i in range(len(source))]
+  tokens, lengths = encode_texts(tokenizer, (_as_str(r[spec.text_feature]) for r in records), seq_len)
+  return {'tokens': tokens, 'label': np.array([r[spec.label_feature] for r in records], np.int32),
+          'length': lengths}
 
 
 def check_config(data_config) -> None:
-  """Text datasets need a known tokenizer, a context length and (SentencePiece) a vocabulary size."""
-  if not DATASETS[data_config.name].text_feature:
+  """Text datasets need a known tokenizer, a length and (trained tokenizers) a vocabulary size;
+  bucketing needs padded texts (text classification)."""
+  spec = DATASETS[data_config.name]
+  bucket = data_config.get('bucket', 0)
+  check(bucket == 0 or (bucket > 0 and spec.label_feature), 'data.bucket', bucket,
+        'use 0 (off), or a width > 0 on a text classification dataset')
+  if not spec.text_feature:
     return
   for field in ('tokenizer', 'seq_len'):
     if field not in data_config:
       raise ConfigError(f'config.data.{field} is missing: text dataset {data_config.name!r} needs '
                         f'data.tokenizer and data.seq_len')
   check_choice(data_config, 'data', 'tokenizer', tokenizers.KINDS)
-  check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a context length > 0')
-  if data_config.tokenizer == 'sentencepiece':
+  check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a length > 0')
+  if data_config.tokenizer != 'byte':
     vocab_size = data_config.get('vocab_size', 0)
-    check(vocab_size > 3, 'data.vocab_size', vocab_size, 'use a SentencePiece vocabulary size > 3')
+    check(vocab_size > 3, 'data.vocab_size', vocab_size, f'use a {data_config.tokenizer} vocabulary size > 3')
 
 
-def _load_text(spec: DatasetSpec, data_config, sources: dict) -> Dataset:
+def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_path: str | None):
+  if saved_path and os.path.exists(saved_path):
+    tokenizer = tokenizers.load(saved_path)
+    if tokenizer.kind != data_config.tokenizer:
+      raise ConfigError(f'config.data.tokenizer={data_config.tokenizer!r} is invalid: this workdir\'s run '
+                        f'uses a {tokenizer.kind!r} tokenizer ({saved_path}); use a new --workdir')
+    return tokenizer
+  return tokenizers.get_or_train(data_config.tokenizer, data_config.get('vocab_size', 0), cache,
+                                 lambda: _texts(sources['train'], spec.text_feature))
+
+
+def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: str | None) -> Dataset:
   check_config(data_config)
   seq_len = data_config.seq_len
   cache = os.path.join(os.path.expanduser(_data_dir_for_humans(data_config.data_dir)), 'bigjax_cache',
                        spec.tfds_name)
   os.makedirs(cache, exist_ok=True)
-  vocab_size = data_config.get('vocab_size', 0)
-  tokenizer = tokenizers.get_or_train(data_config.tokenizer, vocab_size, cache,
-                                      lambda: _texts(sources['train'], spec.text_feature))
-  name = 'byte' if data_config.tokenizer == 'byte' else f'{data_config.tokenizer}_{vocab_size}'
+  tokenizer = _tokenizer(spec, data_config, sources, cache, tokenizer_path)
   splits = {}
   for split, source in sources.items():
-    tokens = _tokens(source, spec.text_feature, tokenizer,
-                     os.path.join(cache, f'{name}_{spec.splits[split]}_{len(source)}.npy'))
+    name = f'{tokenizers.fingerprint(tokenizer)}_{spec.splits[split]}_{len(source)}'
+    if spec.label_feature:
+      arrays = _cached(os.path.join(cache, f'{name}_{seq_len}.npz'),
+                       lambda source=source: _labelled_texts(source, spec, tokenizer, seq_len))
+      splits[split] = pipeline.Split(arrays=arrays)
+      continue
+    tokens = _cached(os.path.join(cache, f'{name}.npz'),
+                     lambda source=source: _document_stream(source, spec.text_feature, tokenizer))['tokens']
     if len(tokens) < seq_len + 1:
       raise ConfigError(f'config.data.seq_len={seq_len} is invalid: the {split} split has only '
                         f'{len(tokens)} tokens')
     # Windows of seq_len + 1 tokens that overlap by one: a view, not a copy.
     windows = np.lib.stride_tricks.sliding_window_view(tokens, seq_len + 1)[::seq_len]
     splits[split] = pipeline.Split(arrays={'tokens': windows})
+  if spec.label_feature:
+    return Dataset(data_config.name, spec.num_classes, splits, labelled_text_batch, tokenizer,
+                   _class_names(sources['train']))
   return Dataset(data_config.name, tokenizer.vocab_size, splits, next_token_batch, tokenizer)
 
 
 def next_token_batch(batch: dict) -> dict:
   tokens = batch['tokens'].astype(np.int32)
   return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}
+
+
+def labelled_text_batch(batch: dict) -> dict:
+  return {'inputs': batch['tokens'].astype(np.int32), 'label': batch['label'].astype(np.int32)}

@@ -9,6 +9,15 @@ resumed run sees exactly the batches an uninterrupted run would have seen.
 
 Eval: every example exactly once, padded to whole batches; padding rows carry
 mask 0 so they count for nothing.
+
+Bucketing (`bucket` > 0, splits with 'tokens' padded at the end and each row's
+'length'): a batch's tokens are cut to the multiple of `bucket` that holds its
+longest row, and rows of similar length are batched together, so short texts do
+not pay for long ones. Train batches are formed from windows of `_WINDOW` batches
+of shuffled rows, sorted by length, and then the batches of the epoch are
+shuffled; the remainder of an epoch that does not fill a batch is left out of it.
+Eval reads rows in order of length. Rows are padded with the pad id at the end,
+and the models ignore padding, so cutting it changes nothing but the time.
 """
 
 import grain
@@ -42,51 +51,93 @@ class Split:
     return _stack([self.source[int(i)] for i in indices])
 
 
+_WINDOW = 32  # batches sorted by length together when bucketing
+
+
 class _EpochOrder:
   """Global position -> example index: epoch e is a permutation seeded by (seed, e).
 
   One numpy permutation per epoch instead of grain's per-element index shuffle,
-  which costs tens of microseconds of Python for every example.
+  which costs tens of microseconds of Python for every example. With `lengths`, the
+  epoch is bucketed: whole batches of similar length, in shuffled order.
   """
 
-  def __init__(self, n: int, seed: int):
+  def __init__(self, n: int, seed: int, lengths=None, batch_size: int = 0):
     self.n, self.seed, self.cache = n, seed, {}
+    self.lengths, self.batch_size = lengths, batch_size
+    self.epoch_size = n - n % batch_size if lengths is not None else n
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng((self.seed, epoch))
+    order = rng.permutation(self.n)
+    if self.lengths is None:
+      return order
+    order, b = order[:self.epoch_size], self.batch_size
+    window = _WINDOW * b
+    for start in range(0, len(order), window):  # stable sorts: ties keep the shuffled order
+      chunk = order[start:start + window]
+      order[start:start + window] = chunk[np.argsort(self.lengths[chunk], kind='stable')]
+    batches = order.reshape(-1, b)
+    return batches[rng.permutation(len(batches))].reshape(-1)
 
   def __call__(self, positions: np.ndarray) -> np.ndarray:
-    epochs = positions // self.n
+    epochs = positions // self.epoch_size
     for epoch in np.unique(epochs):
       if epoch not in self.cache:
         self.cache = {k: v for k, v in self.cache.items() if k >= epoch - 1}  # keep two epochs
-        self.cache[epoch] = np.random.default_rng((self.seed, int(epoch))).permutation(self.n)
-    return np.array([self.cache[e][p] for e, p in zip(epochs, positions % self.n)])
+        self.cache[epoch] = self._epoch(int(epoch))
+    return np.array([self.cache[e][p] for e, p in zip(epochs, positions % self.epoch_size)])
 
 
-def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None):
+def _cut(batch: dict, global_lengths: np.ndarray, bucket: int) -> dict:
+  """The batch's tokens cut to the multiple of `bucket` that holds the global batch's longest row."""
+  width = min(batch['tokens'].shape[1], -(-max(int(global_lengths.max()), 1) // bucket) * bucket)
+  return {**batch, 'tokens': batch['tokens'][:, :width]}
+
+
+def _lengths(split: Split, bucket: int):
+  if not bucket:
+    return None
+  if split.arrays is None or 'length' not in split.arrays:
+    raise ValueError('bucketing needs a split of padded tokens with their lengths (text classification)')
+  return np.minimum(split.arrays['length'], split.arrays['tokens'].shape[1])
+
+
+def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None, *, bucket: int = 0):
   """An endless, checkpointable iterator of batches from a shuffled order of the split.
 
   `rows` are the rows of each global batch this host reads (all, by default); on
   several hosts they are the rows its devices hold, so that the global batch is the
-  same as on one host (sharding.host_batch_rows).
+  same as on one host (sharding.host_batch_rows). `bucket`: see the module's doc.
   """
-  order = _EpochOrder(len(split), seed)
+  lengths = _lengths(split, bucket)
+  order = _EpochOrder(len(split), seed, lengths, batch_size)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
 
   def load(step: int) -> dict:
-    return preprocess(split.read(order(step * batch_size + rows)))
+    batch = split.read(order(step * batch_size + rows))
+    if bucket:  # every host cuts to the same width: the whole global batch's longest row
+      batch = _cut(batch, lengths[order(step * batch_size + np.arange(batch_size))], bucket)
+    return preprocess(batch)
 
   ds = grain.MapDataset.range(2**62).map(load)  # element i is batch i: a prefix of forever
   # The prefetch thread only reads ahead; which rows a batch holds depends on its index alone.
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(split: Split, preprocess, batch_size: int, rows=None):
+def eval_batches(split: Split, preprocess, batch_size: int, rows=None, *, bucket: int = 0):
   """Yields every example once, in global batches padded at the end, with a 0/1 'mask'.
 
-  `rows` as in train_iterator: this host's rows of each global batch.
+  `rows` as in train_iterator: this host's rows of each global batch. `bucket`: in order
+  of length, each batch cut short (see the module's doc).
   """
   n = len(split)
+  lengths = _lengths(split, bucket)
+  order = np.arange(n) if lengths is None else np.argsort(lengths, kind='stable')
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   for start in range(0, n, batch_size):
     positions = start + rows
-    batch = preprocess(split.read(np.minimum(positions, n - 1)))
-    yield {**batch, 'mask': (positions < n).astype(np.int32)}
+    batch = split.read(order[np.minimum(positions, n - 1)])
+    if bucket:
+      batch = _cut(batch, lengths[order[start:start + batch_size]], bucket)
+    yield {**preprocess(batch), 'mask': (positions < n).astype(np.int32)}

@@ -4,21 +4,26 @@
   tokenizer.vocab_size, pad_id, bos_id, eos_id
   tokenizer.token_bytes: np.ndarray, the UTF-8 bytes each id stands for (0 for specials),
                          which turns a loss per token into bits per byte
-  tokenizer.save(path); load(path)
+  save(tokenizer, path); load(path); fingerprint(tokenizer): a name for what it produces
 
 `byte`: 256 bytes after 3 specials; nothing to train, any text round-trips.
 `sentencepiece`: BPE trained with the sentencepiece library on the training text,
 with byte fallback so any text still round-trips.
+`word`: the tutorial's vocabulary: lowercased words and punctuation marks, the
+vocab_size most frequent in the training text, anything else one unknown id.
 """
 
+import collections
+import hashlib
 import io
 import json
 import os
+import re
 
 import numpy as np
 
 PAD, BOS, EOS = 0, 1, 2  # the same ids in every tokenizer here
-KINDS = ('byte', 'sentencepiece')
+KINDS = ('byte', 'sentencepiece', 'word')
 
 
 class ByteTokenizer:
@@ -37,9 +42,8 @@ class ByteTokenizer:
   def token_bytes(self) -> np.ndarray:
     return np.array([0] * self._offset + [1] * 256, np.int32)
 
-  def save(self, path: str) -> None:
-    with open(path, 'w') as f:
-      json.dump({'kind': self.kind}, f)
+  def to_bytes(self) -> bytes:
+    return json.dumps({'kind': self.kind}).encode()
 
 
 class SentencePieceTokenizer:
@@ -86,19 +90,72 @@ class SentencePieceTokenizer:
         sizes.append(len(self.processor.id_to_piece(i).replace('\u2581', ' ').encode('utf-8')))
     return np.array(sizes, np.int32)
 
-  def save(self, path: str) -> None:
-    with open(path, 'wb') as f:
-      f.write(self.model_proto)
+  def to_bytes(self) -> bytes:
+    return self.model_proto
+
+
+class WordTokenizer:
+  kind = 'word'
+  pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, 3
+  _offset = 4
+  # A word is a run of letters and digits; a run of underscores and any other non-space character
+  # stand alone. camelCase and snake_case names split into their words, so that code shares
+  # `loop` across `get_event_loop` and `eventLoop` (English text is barely touched).
+  # HTML line breaks (IMDB's reviews are full of them) are spaces.
+  _pattern = re.compile(r'[^\W_]+|_+|[^\w\s]')
+  _camel = re.compile(r'(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])')  # getURLPath: get URL Path
+  _line_break = re.compile(r'<br\s*/?>', re.IGNORECASE)
+
+  def __init__(self, words):
+    self.words = list(words)
+    self.ids = {w: i + self._offset for i, w in enumerate(self.words)}
+    self.vocab_size = len(self.words) + self._offset
+
+  @classmethod
+  def split(cls, text: str) -> list[str]:
+    return cls._pattern.findall(cls._camel.sub(' ', cls._line_break.sub(' ', text)).lower())
+
+  @classmethod
+  def train(cls, texts, vocab_size: int) -> 'WordTokenizer':
+    """The vocab_size most frequent words; ties broken alphabetically, so the vocabulary is fixed."""
+    counts = collections.Counter(w for text in texts for w in cls.split(text))
+    return cls(sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size])
+
+  def encode(self, text: str) -> list[int]:
+    return [self.ids.get(w, self.unk_id) for w in self.split(text)]
+
+  def decode(self, ids) -> str:
+    return ' '.join(self.words[i - self._offset] if i >= self._offset else '<unk>'
+                    for i in ids if i not in (PAD, BOS, EOS))
+
+  @property
+  def token_bytes(self) -> np.ndarray:  # a word's letters; the spaces between words are not counted
+    return np.array([0] * self._offset + [len(w.encode('utf-8')) for w in self.words], np.int32)
+
+  def to_bytes(self) -> bytes:
+    return json.dumps({'kind': self.kind, 'words': self.words}).encode()
+
+
+def save(tokenizer, path: str) -> None:
+  """Writes the tokenizer atomically: a killed run never leaves half a file."""
+  with open(path + '.tmp', 'wb') as f:
+    f.write(tokenizer.to_bytes())
+  os.replace(path + '.tmp', path)
 
 
 def load(path: str):
-  """The tokenizer saved at path by either class's save()."""
+  """The tokenizer that save() wrote at path."""
   with open(path, 'rb') as f:
     content = f.read()
-  if content.startswith(b'{'):
-    assert json.loads(content)['kind'] == 'byte'
-    return ByteTokenizer()
-  return SentencePieceTokenizer(content)
+  if not content.startswith(b'{'):
+    return SentencePieceTokenizer(content)
+  fields = json.loads(content)
+  return WordTokenizer(fields['words']) if fields['kind'] == 'word' else ByteTokenizer()
+
+
+def fingerprint(tokenizer) -> str:
+  """Names what a tokenizer produces: caches of token ids are keyed by it."""
+  return f'{tokenizer.kind}_{hashlib.md5(tokenizer.to_bytes()).hexdigest()[:10]}'
 
 
 def get_or_train(kind: str, vocab_size: int, directory: str, training_texts):
@@ -108,10 +165,9 @@ def get_or_train(kind: str, vocab_size: int, directory: str, training_texts):
   """
   if kind == 'byte':
     return ByteTokenizer()
-  path = os.path.join(directory, f'sentencepiece_{vocab_size}.model')
+  path = os.path.join(directory, f'{kind}_{vocab_size}.{"model" if kind == "sentencepiece" else "json"}')
   if not os.path.exists(path):
     os.makedirs(directory, exist_ok=True)
-    tokenizer = SentencePieceTokenizer.train(training_texts(), vocab_size)
-    tokenizer.save(path + '.tmp')
-    os.replace(path + '.tmp', path)  # atomic: a killed run never leaves half a model
+    trainer = {'sentencepiece': SentencePieceTokenizer, 'word': WordTokenizer}[kind]
+    save(trainer.train(training_texts(), vocab_size), path)
   return load(path)

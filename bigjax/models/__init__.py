@@ -40,6 +40,11 @@ def _kwargs(model_config) -> dict:
   return {k: v for k, v in model_config.items() if k != 'name'}
 
 
+def defaults(name: str) -> dict:
+  """The model's constructor defaults: what a config that leaves a field out gets."""
+  return {f.name: f.default for f in dataclasses.fields(MODELS[name]) if f.default is not dataclasses.MISSING}
+
+
 def check_config(model_config) -> None:
   cls = MODELS[model_config.name]
   fields = {f.name for f in dataclasses.fields(cls)} - {'num_outputs', 'parent', 'name'}
@@ -79,8 +84,16 @@ def flops_per_example(model_config, num_params: int, input_shape) -> float | Non
   return fn(model_config, num_params, input_shape) if fn else None
 
 
-def build(model_config, num_outputs: int) -> nn.Module:
+def build(model_config, num_outputs: int, vocab_size: int = 0) -> nn.Module:
+  """The configured model; a text model's vocab_size (0 in the config) is the tokenizer's."""
   kwargs = _kwargs(model_config)
+  cls = MODELS[model_config.name]
+  if 'vocab_size' in {f.name for f in dataclasses.fields(cls)}:
+    configured = kwargs.get('vocab_size', 0)
+    check(configured in (0, vocab_size) and (configured or vocab_size), 'model.vocab_size', configured,
+          f'leave it 0 (the tokenizer has {vocab_size} ids)' if vocab_size else
+          'this dataset has no tokenizer: set the number of token ids')
+    kwargs['vocab_size'] = configured or vocab_size
   if kwargs.get('dtype') == 'auto':
     kwargs['dtype'] = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
-  return MODELS[model_config.name](num_outputs=num_outputs, **kwargs)
+  return cls(num_outputs=num_outputs, **kwargs)

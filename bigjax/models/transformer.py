@@ -262,7 +262,7 @@ class TransformerClassifier(nn.Module):
   changes a prediction.
   """
   num_outputs: int
-  vocab_size: int = 10_002  # the tokenizer's
+  vocab_size: int = 0  # 0: the dataset tokenizer's (models.build fills it in)
   num_layers: int = 2
   d_model: int = 128
   num_heads: int = 4
