@@ -16,10 +16,10 @@ from bigjax.config import ConfigError
 
 
 def predict_checkpoint(config, workdir: str, texts: list[str]) -> list[dict]:
-  s = train.setup(config, workdir)
-  if s.dataset.tokenizer is None or 'label' not in s.dataset.preprocess(s.dataset.splits['train'].read([0])):
+  if not data.DATASETS[config.data.name].label_feature:
     raise ConfigError(f'--mode=predict needs a text classifier: data.name={config.data.name!r} is not '
                       f'labelled text')
+  s = train.setup(config, workdir)
   names = s.dataset.class_names or tuple(str(i) for i in range(s.dataset.num_classes))
   with sharding.active(s.mesh, s.rules):
     state, _ = train.restore_newest(s, config, workdir)

@@ -20,8 +20,12 @@ from helpers import REPO, run_main
     (['--config=experiments/lm_gpt.py:tiny', '--config.data.tokenizer=words'],
      "config.data.tokenizer='words' is invalid: choose one of byte, sentencepiece"),
     (['--config=experiments/lm_gpt.py:tiny', '--config.data.seq_len=0'], 'config.data.seq_len=0 is invalid'),
+    (['--config=experiments/imdb_transformer.py:offline', '--config.model.max_length=100'],
+     'config.model.max_length=100 is invalid: learned positions need one per token'),
+    (['--config=experiments/imdb_lstm.py:offline', '--config.model.vocab_size=5', '--config.data.seq_len=32',
+      '--config.data.data_dir={data_dir}'], 'config.model.vocab_size=5 is invalid: leave it 0'),
 ], ids=['optimizer', 'steps', 'unknown_field', 'wrong_type', 'dataset', 'mesh', 'unprepared', 'tokenizer',
-        'seq_len'])
+        'seq_len', 'max_length', 'vocab_size'])
 def test_bad_override_exits_2_and_writes_nothing(args, expected, tmp_path, data_dir):
   workdir = tmp_path / 'run'
   config = [a for a in args if a.startswith('--config=')] or ['--config=experiments/digits_mlp.py']

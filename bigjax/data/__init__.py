@@ -143,12 +143,14 @@ def _texts(source, feature):
 def labelled_texts(data_config) -> dict:
   """split -> (texts, labels) of a text classification dataset, as stored: for baselines."""
   spec = DATASETS[data_config.name]
-  out = {}
-  for split, source in _open_sources(spec, data_config.data_dir).items():
-    records = [source[i] for i in range(len(source))]
-    out[split] = ([_as_str(r[spec.text_feature]) for r in records],
-                  np.array([r[spec.label_feature] for r in records]))
-  return out
+  sources = _open_sources(spec, data_config.data_dir)
+  return {split: _read_labelled(source, spec) for split, source in sources.items()}
+
+
+def _read_labelled(source, spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
+  records = [source[i] for i in range(len(source))]
+  return ([_as_str(r[spec.text_feature]) for r in records],
+          np.array([r[spec.label_feature] for r in records], np.int32))
 
 
 def _cached(path: str, make: Callable[[], dict]) -> dict:
@@ -191,10 +193,9 @@ def encode_texts(tokenizer, texts, seq_len: int) -> tuple[np.ndarray, np.ndarray
 def _labelled_texts(source, spec, tokenizer, seq_len) -> dict:
   """Each text's first seq_len tokens, padded; its label; its length before truncation."""
   logging.info('Tokenizing %d texts (once).', len(source))
-  records = [source[i] for i in range(len(source))]
-  tokens, lengths = encode_texts(tokenizer, (_as_str(r[spec.text_feature]) for r in records), seq_len)
-  return {'tokens': tokens, 'label': np.array([r[spec.label_feature] for r in records], np.int32),
-          'length': lengths}
+  texts, labels = _read_labelled(source, spec)
+  tokens, lengths = encode_texts(tokenizer, texts, seq_len)
+  return {'tokens': tokens, 'label': labels, 'length': lengths}
 
 
 def check_config(data_config) -> None:
