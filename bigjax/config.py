@@ -6,6 +6,8 @@ line with `--config.a.b=value`; `validate` turns a bad value into one line that
 names the field and what is allowed.
 """
 
+import sys
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -27,6 +29,12 @@ LOGICAL_RULES = (
 
 class ConfigError(ValueError):
   """A config value that cannot work; main.py prints it and exits with 2."""
+
+
+def fail(message: str) -> None:
+  """Bad input: one line on stderr, exit status 2 (nothing has been written yet)."""
+  print(f'bigjax: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def base_config() -> ml_collections.ConfigDict:

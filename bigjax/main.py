@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigjax.config import ConfigError, validate
+from bigjax.config import ConfigError, fail, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
@@ -44,11 +44,6 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None, 'Initialize jax.distributed by auto-detection; default: when on a '
     'multi-task SLURM job or a multi-host Cloud TPU.')
-
-
-def fail(message: str) -> None:
-  print(f'bigjax: error: {message}', file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def _config_spec(argv) -> str | None:

@@ -1,0 +1,13 @@
+"""The tutorial's three activations, and GELU.
+
+  python -m bigjax.sweep --config=experiments/digits_mlp.py \
+      --sweep=experiments/ablations/activations.py --seeds=3 --workdir=runs/ablations/activations
+
+Result: see the README's "Ablations" (results.md, curves.png and bar.png land in the workdir).
+"""
+
+from bigjax.sweep import sweep
+
+
+def get_sweep():
+  return sweep('model.activation', ['sigmoid', 'tanh', 'relu', 'gelu'])
