@@ -205,12 +205,12 @@ def plot(sweep_dir: str, variants: list[dict], rows: list[dict], main: str | Non
   means = np.array([row[main][0] for row in shown])
   stds = np.nan_to_num(np.array([row[main][1] for row in shown]))
   bars = ax.bar([row['variant'] for row in shown], means, yerr=stds, capsize=4)
-  ax.bar_label(bars, fmt='%.4f', padding=2, fontsize='small')
+  ax.bar_label(bars, fmt='%.4f', label_type='center', fontsize='small', color='white')
   if shown:  # zoomed to the differences: close scores would all look alike from 0
     low, high = (means - stds).min(), (means + stds).max()
     pad = max(high - low, 1e-3 * max(abs(high), 1e-12)) * 0.3
     ax.set_ylim(low - pad, high + pad)
-  ax.set(ylabel=f'{main} (mean ± std over seeds; axis zoomed)', title=main or 'no finished runs')
+  ax.set(ylabel='mean ± std over seeds', title=f'{main} (axis zoomed)' if main else 'no finished runs')
   ax.tick_params(axis='x', labelrotation=30)
   fig.tight_layout()
   fig.savefig(os.path.join(sweep_dir, BAR_FILE), dpi=100)

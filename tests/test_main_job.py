@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import RATES, REPO, read_metrics, run_main
 
 MAIN = ['--config=experiments/digits_mlp.py']
@@ -18,6 +20,7 @@ def test_main_job_reaches_test_accuracy(main_job):
   assert test[0]['accuracy'] >= 0.96
 
 
+@pytest.mark.slow  # 45 s on 2 cores; CI keeps the main job's figure (pytest -m slow runs it)
 def test_digits_cnn_reaches_test_accuracy(data_dir, tmp_path):
   result = run_main('--config=experiments/digits_cnn.py', f'--workdir={tmp_path}',
                     f'--config.data.data_dir={data_dir}')

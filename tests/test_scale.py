@@ -14,7 +14,7 @@ from helpers import REPO, read_metrics, run_main
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 ONE_DEVICE = {'XLA_FLAGS': ''}
-STEPS = 300  # digits_mlp's own config, shortened: 0.975+ test accuracy, the same in every layout
+STEPS = 100  # digits_mlp's own config, shortened: it learns (test loss < 0.2), the same in every layout
 MESHES = {
     'data=8': ['--config.mesh.data=8'],
     'fsdp=8': ['--config.mesh.data=1', '--config.mesh.fsdp=8'],
