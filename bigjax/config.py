@@ -31,6 +31,15 @@ class ConfigError(ValueError):
   """A config value that cannot work; main.py prints it and exits with 2."""
 
 
+class RunStopped(RuntimeError):
+  """A run that cannot go on (a non-finite loss, a corrupt checkpoint): main.py prints the
+  message in one line and exits with `status`."""
+
+  def __init__(self, message: str, status: int):
+    super().__init__(message)
+    self.status = status
+
+
 def fail(message: str) -> None:
   """Bad input: one line on stderr, exit status 2 (nothing has been written yet)."""
   print(f'bigjax: error: {message}', file=sys.stderr, flush=True)
@@ -71,10 +80,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.grad_accum = 1  # micro-batches per step: same result, 1/k of the activation memory
   c.train.peak_flops = 0.0  # per device, for MFU; 0: from the device table, or measured on CPU
+  # A non-finite loss or gradient norm: stop (exit 3, the last good checkpoint kept) or skip
+  # (that update is not applied; train lines count nonfinite_steps).
+  c.train.on_nonfinite = 'stop'
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500  # a final checkpoint is always written too
   c.checkpoint.keep = 3
+  c.checkpoint.on_corrupt = 'fallback'  # fallback: set it aside, resume the one before | fail: exit 4
+  c.checkpoint.init_from = ''  # a run's workdir: start from its params where names and shapes match
+  # Resuming with a config that differs from the workdir's config.json in more than SAFE_CHANGES
+  # is refused unless this is True.
+  c.checkpoint.allow_config_change = False
+
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nan_at_step = 0  # > 0: that step's loss is NaN (steps count from 1, as logged; tests on_nonfinite)
 
   # Device mesh: sizes multiply to the device count; -1 takes what is left.
   c.mesh = ml_collections.ConfigDict()
@@ -144,6 +164,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(all(len(r) == 2 and isinstance(r[0], str)
            and set(r[1] if isinstance(r[1], tuple) else (r[1],)) <= axes for r in config.mesh.rules),
        'mesh.rules', "use (logical name, mesh axes) pairs; axes: 'data', 'fsdp', 'tensor', a tuple, or None")
+  check_choice(config.train, 'train', 'on_nonfinite', ('stop', 'skip'))
+  check_choice(config.checkpoint, 'checkpoint', 'on_corrupt', ('fallback', 'fail'))
   check_choice(config.parallel, 'parallel', 'mode', ('auto', 'shard_map'))
   need(config.parallel.mode == 'auto' or config.mesh.tensor == 1, 'mesh.tensor',
        'parallel.mode=shard_map is data parallel only: use mesh.tensor=1, or parallel.mode=auto')
+
+
+# Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives.
+SAFE_CHANGES = ('train.steps', 'train.eval_every', 'train.log_every', 'train.peak_flops',
+                'train.on_nonfinite', 'checkpoint.every', 'checkpoint.keep', 'checkpoint.on_corrupt',
+                'checkpoint.init_from', 'checkpoint.allow_config_change', 'data.data_dir',
+                'debug.nan_at_step')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(saved_json: str, config: ml_collections.ConfigDict) -> list[str]:
+  """'model.width: 256 in the workdir, 128 now' for each field outside SAFE_CHANGES that differs."""
+  import json  # noqa: PLC0415
+  old, new = _flat(json.loads(saved_json)), _flat(json.loads(config.to_json_best_effort()))
+  return [f'{k}: {old.get(k, "(absent)")!r} in the workdir, {new.get(k, "(absent)")!r} now'
+          for k in sorted(set(old) | set(new)) if k not in SAFE_CHANGES and old.get(k) != new.get(k)]

@@ -12,7 +12,7 @@ import math
 
 import jax
 
-from bigjax import sharding, train
+from bigjax import flops, sharding, train
 
 
 def _per_device_bytes(abstract_tree) -> int:
@@ -38,6 +38,6 @@ def report(config) -> dict:
           'total': int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                        - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
       },
-      'flops_per_step': train.xla_flops(compiled),
-      'flops_per_device': train.xla_flops(compiled) / s.mesh.size,
+      'flops_per_step': flops.xla_flops(compiled),
+      'flops_per_device': flops.xla_flops(compiled) / s.mesh.size,
   }

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigjax.config import ConfigError, fail, validate
+from bigjax.config import ConfigError, RunStopped, fail, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
@@ -140,6 +140,35 @@ def init_distributed() -> None:
     logging.set_verbosity(logging.WARNING)  # one voice on the console: process 0's
 
 
+def run_mode(config, workdir: str) -> None:
+  """What --mode (or --dry_run) asks for; raises ConfigError for bad input."""
+  from bigjax import train  # jax, flax and TFDS load only for valid input
+  if _DRY_RUN.value:
+    from bigjax import dry_run
+    print(json.dumps(dry_run.report(config)), flush=True)
+  elif _MODE.value == 'train':
+    train.train_and_evaluate(config, workdir)
+  elif _MODE.value == 'sample':
+    if _NUM_SAMPLES.value < 1 or _MAX_NEW_TOKENS.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 \
+        or not 0 < _TOP_P.value <= 1:
+      raise ConfigError('--num_samples and --max_new_tokens must be >= 1, --temperature >= 0, '
+                        '--top_k >= 0 and 0 < --top_p <= 1')
+    from bigjax import decode
+    for text in decode.sample_checkpoint(
+        config, workdir, _PROMPT.value, num_samples=_NUM_SAMPLES.value,
+        max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+        top_p=_TOP_P.value):
+      print(f'--- {_PROMPT.value}{text}', flush=True)
+  elif _MODE.value == 'predict':
+    if not _TEXT.value:
+      raise ConfigError('--mode=predict needs at least one --text="..." to classify')
+    from bigjax import predict
+    for line in predict.predict_checkpoint(config, workdir, _TEXT.value):
+      print(json.dumps(line), flush=True)
+  else:
+    train.evaluate_checkpoint(config, workdir)
+
+
 def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   if len(argv) > 1:
@@ -151,33 +180,12 @@ def main(argv):
     if _COORDINATOR.value is not None and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
       raise ConfigError('--coordinator_address needs --num_processes and --process_id too')
     init_distributed()
-    from bigjax import train  # jax, flax and TFDS load only for valid input
-    if _DRY_RUN.value:
-      from bigjax import dry_run
-      print(json.dumps(dry_run.report(config)), flush=True)
-    elif _MODE.value == 'train':
-      train.train_and_evaluate(config, workdir)
-    elif _MODE.value == 'sample':
-      if _NUM_SAMPLES.value < 1 or _MAX_NEW_TOKENS.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 \
-          or not 0 < _TOP_P.value <= 1:
-        raise ConfigError('--num_samples and --max_new_tokens must be >= 1, --temperature >= 0, '
-                          '--top_k >= 0 and 0 < --top_p <= 1')
-      from bigjax import decode
-      for text in decode.sample_checkpoint(
-          config, workdir, _PROMPT.value, num_samples=_NUM_SAMPLES.value,
-          max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-          top_p=_TOP_P.value):
-        print(f'--- {_PROMPT.value}{text}', flush=True)
-    elif _MODE.value == 'predict':
-      if not _TEXT.value:
-        raise ConfigError('--mode=predict needs at least one --text="..." to classify')
-      from bigjax import predict
-      for line in predict.predict_checkpoint(config, workdir, _TEXT.value):
-        print(json.dumps(line), flush=True)
-    else:
-      train.evaluate_checkpoint(config, workdir)
+    run_mode(config, workdir)
   except ConfigError as e:
     fail(str(e))
+  except RunStopped as e:
+    print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
+    sys.exit(e.status)
 
 
 if __name__ == '__main__':

@@ -19,9 +19,11 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, flops, models, optim, sharding, tasks, writers
-from bigjax.config import ConfigError
+from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers
+from bigjax.config import ConfigError, RunStopped
 from bigjax.data import pipeline
+
+EXIT_NONFINITE = 3  # train.on_nonfinite=stop met a NaN or Inf
 
 
 class TrainState(struct.PyTreeNode):
@@ -29,6 +31,7 @@ class TrainState(struct.PyTreeNode):
   params: Any
   model_state: Any  # the model's other collections, e.g. BatchNorm's batch_stats
   opt_state: Any
+  nonfinite_steps: jax.Array  # steps whose loss or gradient was NaN or Inf (skipped or stopped at)
 
 
 class Setup(NamedTuple):
@@ -85,7 +88,7 @@ def setup(config, workdir: str | None = None) -> Setup:
     params = variables.pop('params')
     # Optimizer state built from boxed params keeps their logical axis names.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32))
 
   rules = tuple(config.mesh.rules)
   with sharding.active(mesh, rules):
@@ -117,13 +120,28 @@ def make_train_step(s: Setup, config):
   if config.parallel.mode == 'shard_map':
     grads_and_metrics = _data_parallel(grads_and_metrics, s.mesh)
 
+  nan_at_step, skip = config.debug.nan_at_step, config.train.on_nonfinite == 'skip'
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run continues the same sequence
     grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rng)
+    if nan_at_step > 0:  # debug: that step's loss, and so its gradient, is NaN
+      poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)  # steps count from 1 in the logs
+      grads = jax.tree.map(lambda g: g * poison, grads)
+      metrics = {**metrics, 'loss': metrics['loss'] * poison}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
-    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      model_state=model_state, opt_state=opt_state), metrics
+    new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                     model_state=model_state, opt_state=opt_state,
+                     nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    if skip:  # a non-finite step changes nothing but the counters (one select over the state)
+      keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_tree, old_tree)
+      new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state),
+                        model_state=keep(new.model_state, state.model_state))
+    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': grad_norm,
+               'nonfinite_steps': new.nonfinite_steps}
+    return new, metrics
 
   batch = sharding.batch_sharding(s.mesh)
   return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
@@ -140,16 +158,6 @@ def compile_train_step(s: Setup, config, train_step=None):
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
   return (train_step or make_train_step(s, config)).lower(s.abstract_state, batch).compile()
-
-
-def xla_flops(compiled) -> float:
-  """XLA's FLOPs for one step on all devices (it costs the per-device program).
-
-  XLA counts a loop body once, so with train.grad_accum > 1 this is one micro-batch's.
-  """
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # older JAX: one dict per program
-  return float(cost.get('flops', 0.0)) * jax.device_count()
 
 
 def _accumulate(grads_and_metrics, steps: int):
@@ -221,7 +229,7 @@ def _throughput(s: Setup, config, compiled_step):
   units, per_example = s.task.units
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
   example_shape = _example_inputs(s.dataset).shape[1:]
-  xla = xla_flops(compiled_step)
+  xla = flops.xla_flops(compiled_step)
   per_example_flops = models.flops_per_example(config.model, num_params, example_shape)
   model = per_example_flops * s.batch_size if per_example_flops else xla
   peak, source = flops.peak_flops(config.train.peak_flops)
@@ -239,10 +247,29 @@ def _throughput(s: Setup, config, compiled_step):
 
 
 def _interval_means(pending: list) -> tuple[dict, float]:
-  """The mean of each train metric over a log interval, and the mean batch-length fraction."""
+  """The mean of each train metric over a log interval (counters: their last value), and the mean
+  batch-length fraction."""
   fetched = jax.device_get([metrics for metrics, _ in pending])
   means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  means['nonfinite_steps'] = float(fetched[-1]['nonfinite_steps'])
   return means, float(np.mean([length for _, length in pending]))
+
+
+def _stop_if_nonfinite(pending: list, step: int, baseline: int, last_checkpoint: int) -> None:
+  """train.on_nonfinite=stop: RunStopped naming the first non-finite step of `pending` (the steps
+  up to `step`), if any. One scalar fetched, at a log, eval or checkpoint step only."""
+  if not pending or int(jax.device_get(pending[-1][0]['nonfinite_steps'])) == baseline:
+    return
+  fetched = jax.device_get([metrics for metrics, _ in pending])
+  first = next(i for i, m in enumerate(fetched) if m['nonfinite_steps'] > baseline)
+  bad_step = step - len(pending) + 1 + first
+  logging.error('Non-finite loss or gradient at step %d: %s', bad_step,
+                writers.format_metrics(fetched[first]))
+  kept = f'the newest checkpoint, step {last_checkpoint}, is from before it' if last_checkpoint else \
+      'no checkpoint was written'
+  raise RunStopped(f'the loss or gradient at step {bad_step} is not finite (train.on_nonfinite=stop); '
+                   f'{kept}. Lower optim.lr, add optim.clip_norm, or use --config.train.on_nonfinite=skip',
+                   EXIT_NONFINITE)
 
 
 def _log_per_class(split: str, metrics: dict, class_names) -> None:
@@ -263,34 +290,61 @@ def _write_run_files(s: Setup, config, workdir: str) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from the newest checkpoint in workdir), then evaluates on test."""
+  """Trains (resuming from the newest checkpoint in workdir), then evaluates on test.
+
+  Raises RunStopped on SIGTERM (after checkpointing the current step) and, with
+  train.on_nonfinite=stop, on a NaN or Inf loss or gradient.
+  """
   s = setup(config, workdir)
+  checkpoint.refuse_changed_config(workdir, config, s.abstract_state)
   logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
-  _write_run_files(s, config, workdir)
 
   with sharding.active(s.mesh, s.rules):
     train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess, s.batch_size,
                                          config.seed, sharding.host_batch_rows(s.mesh, s.batch_size),
                                          bucket=config.data.get('bucket', 0))
     mngr = checkpoint.manager(workdir, config.checkpoint)
-    state, step = checkpoint.restore(mngr, s.abstract_state, train_iter)
-    if state is None:
-      state = s.init()
-    else:
-      logging.info('Resumed from step %d in %s.', step, workdir)
-    # Compiled ahead for the full batch shape (FLOPs for MFU); calls of the same shape reuse
-    # that executable, and bucketed batches of other lengths compile once each.
-    train_step = make_train_step(s, config)
-    rates = _throughput(s, config, compile_train_step(s, config, train_step))
-    evaluate = make_evaluate(s, config)
-    writer = writers.MetricWriter(workdir, resume_step=step, class_names=s.dataset.class_names)
-    progress = writers.Progress(config.train.steps, step)
-    total, tc = config.train.steps, config.train
-    eval_metrics = {}
-    full = _example_inputs(s.dataset)
-    # (metrics on device, batch length / full length) of each step, fetched once per log interval
-    # (no per-step host sync). Bucketing cuts batches short: MFU counts the FLOPs actually run.
-    pending = []
+    try:
+      state, step = checkpoint.restore(mngr, s.abstract_state, train_iter, config.checkpoint.on_corrupt)
+      if state is None:
+        state = s.init()
+        if config.checkpoint.init_from:
+          state = state.replace(params=checkpoint.init_from(config.checkpoint.init_from, state.params))
+      else:
+        logging.info('Resumed from step %d in %s.', step, workdir)
+      _write_run_files(s, config, workdir)  # only now: a restore that fails leaves the workdir as it was
+      writer = writers.MetricWriter(workdir, resume_step=step, class_names=s.dataset.class_names)
+      evaluate = make_evaluate(s, config)
+      state, eval_metrics = _train_loop(s, config, state, step, train_iter=train_iter, mngr=mngr,
+                                        writer=writer, evaluate=evaluate)
+    finally:  # also when stopped: a checkpoint being written completes
+      mngr.wait_until_finished()
+      mngr.close()
+    test_metrics = evaluate(state, 'test')
+    writer.write(config.train.steps, 'test', test_metrics)
+    logging.info('test at step %d: %s', config.train.steps, writers.format_metrics(test_metrics))
+    _log_per_class('eval', eval_metrics, s.dataset.class_names)
+    _log_per_class('test', test_metrics, s.dataset.class_names)
+    writer.close()
+  return test_metrics
+
+
+def _train_loop(s: Setup, config, state: TrainState, step: int, *, train_iter, mngr, writer, evaluate):
+  """Steps from `step` to train.steps with logs, evals and checkpoints; returns (state, last eval)."""
+  # Compiled ahead for the full batch shape (FLOPs for MFU); calls of the same shape reuse
+  # that executable, and bucketed batches of other lengths compile once each.
+  train_step = make_train_step(s, config)
+  rates = _throughput(s, config, compile_train_step(s, config, train_step))
+  progress = writers.Progress(config.train.steps, step)
+  total, tc = config.train.steps, config.train
+  stop_on_nonfinite = tc.on_nonfinite == 'stop'
+  last_checkpoint, nonfinite_before = step, int(state.nonfinite_steps)
+  eval_metrics = {}
+  full = _example_inputs(s.dataset)
+  # (metrics on device, batch length / full length) of each step, fetched once per log interval
+  # (no per-step host sync). Bucketing cuts batches short: MFU counts the FLOPs actually run.
+  pending = []
+  with preemption.Watcher() as watcher:  # SIGTERM from here on: checkpoint this step, then stop
     while step < total:
       batch = next(train_iter)
       length = batch['inputs'].shape[1] / full.shape[1] if full.ndim > 1 else 1.0
@@ -301,28 +355,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # dispatch queue (multi-process CPU collectives deadlock when many steps queue up).
         jax.block_until_ready(pending[-1][0])
       pending.append((metrics, length))
-      if step % tc.log_every == 0 or step == total:
+      preempted = watcher.requested(step)  # once per step: on several hosts it is a collective
+      logging_now = step % tc.log_every == 0 or step == total
+      evaluating = (tc.eval_every and step % tc.eval_every == 0) or step == total
+      saving = step % config.checkpoint.every == 0 or step == total or preempted
+      if stop_on_nonfinite and (logging_now or evaluating or saving):
+        _stop_if_nonfinite(pending, step, nonfinite_before, last_checkpoint)
+      if logging_now:
         means, length = _interval_means(pending)
         pending = []
         means.update(rates(progress.tick(step), length))
         writer.write(step, 'train', means)
         progress.show(step, means)
-      if (tc.eval_every and step % tc.eval_every == 0) or step == total:
+      if evaluating:
         eval_metrics = evaluate(state, 'eval')
         writer.write(step, 'eval', eval_metrics)
         logging.info('eval at step %d: %s', step, writers.format_metrics(eval_metrics))
-      if step % config.checkpoint.every == 0 or step == total:
+      if saving:
         checkpoint.save(mngr, step, state, train_iter, config)
-    progress.close()
-    test_metrics = evaluate(state, 'test')
-    writer.write(step, 'test', test_metrics)
-    logging.info('test at step %d: %s', step, writers.format_metrics(test_metrics))
-    _log_per_class('eval', eval_metrics, s.dataset.class_names)
-    _log_per_class('test', test_metrics, s.dataset.class_names)
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-  return test_metrics
+        last_checkpoint = step
+      if preempted and step < total:
+        writer.close()
+        raise RunStopped(f'preempted ({watcher.signal_name}) at step {step}: checkpoint {step} is written; '
+                         'run the same command to resume', preemption.EXIT_PREEMPTED)
+  progress.close()
+  return state, eval_metrics
 
 
 def restore_newest(s: Setup, config, workdir: str):
