@@ -1,0 +1,177 @@
+"""Fault injection: SIGTERM, corrupted checkpoints, NaN/Inf, mismatched resumes, init_from.
+
+Each test breaks a digits run on purpose and checks what bigjax does: the exit status, the one
+line it prints, and that the resumed run ends exactly where an unbroken one does. (SIGKILL at
+any moment: tests/test_main_job.py; a dead process of a multi-process run: tests/test_scale.py.)
+"""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bigjax import checkpoint, train
+from bigjax.config import ConfigError, RunStopped
+from helpers import REPO, read_metrics, run_main
+
+STEPS = 300
+ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
+        '--config.checkpoint.every=100', '--config.train.eval_every=100']
+
+
+def _config(data_dir, **fields):
+  """digits_mlp's config as ARGS set it, built in process."""
+  sys.path.insert(0, os.path.join(REPO, 'experiments'))
+  import digits_mlp
+  c = digits_mlp.get_config()
+  c.data.data_dir = data_dir
+  c.train.steps, c.checkpoint.every, c.train.eval_every = STEPS, 100, 100
+  for path, value in fields.items():
+    section, key = path.split('.')
+    c[section][key] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def reference(data_dir, tmp_path_factory):
+  """The unbroken run: its workdir (checkpoints 100, 200, 300) and final test record."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, read_metrics(workdir, 'test')[-1]
+
+
+def _copy(workdir, tmp_path) -> str:
+  target = str(tmp_path / 'run')
+  shutil.copytree(workdir, target)
+  return target
+
+
+def _same_test(workdir, reference_test):
+  test = read_metrics(workdir, 'test')[-1]
+  untimed = lambda record: {k: v for k, v in record.items() if k != 'time'}
+  assert untimed(test) == untimed(reference_test)
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_exactly(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'preempted'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.Popen([sys.executable, '-m', 'bigjax.main', *ARGS, f'--workdir={workdir}',
+                           f'--config.data.data_dir={data_dir}'], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while not (workdir / 'checkpoints' / '100').exists():
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 143, output[-3000:]
+  line = [x for x in output.splitlines() if x.startswith('bigjax: stopped: preempted (SIGTERM) at step ')]
+  assert len(line) == 1, output[-3000:]
+  step = int(line[0].split('at step ')[1].split(':')[0])
+  assert 100 < step < STEPS and str(step) in os.listdir(workdir / 'checkpoints')  # this step, complete
+  assert read_metrics(workdir, 'test') == []
+  result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from step {step}' in result.stderr
+  _same_test(workdir, reference[1])
+
+
+def _truncate(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', 'd', '*')):
+    with open(path, 'r+b') as f:
+      f.truncate(10)
+
+
+def _delete(step_dir):
+  os.remove(os.path.join(step_dir, 'state', 'manifest.ocdbt'))
+
+
+@pytest.mark.parametrize('corrupt', [_truncate, _delete])
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_resumed(reference, data_dir, tmp_path,
+                                                                            corrupt, caplog):
+  workdir = _copy(reference[0], tmp_path)
+  corrupt(os.path.join(workdir, 'checkpoints', '300'))
+  train.train_and_evaluate(_config(data_dir), workdir)
+  assert any('Checkpoint' in r.message and 'is corrupt' in r.message for r in caplog.records)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['100', '200', '300', '300.corrupt']
+  _same_test(workdir, reference[1])  # resumed from 200, redid 200 -> 300 exactly
+
+
+def test_on_corrupt_fail_stops_with_one_line_and_changes_nothing(reference, data_dir, tmp_path):
+  workdir = _copy(reference[0], tmp_path)
+  _truncate(os.path.join(workdir, 'checkpoints', '300'))
+  before = sorted(os.listdir(workdir))
+  result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+                    '--config.checkpoint.on_corrupt=fail')
+  assert result.returncode == checkpoint.EXIT_CORRUPT
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'bigjax: stopped: checkpoint {workdir}/checkpoints/300 is corrupt (')
+  assert 'Traceback' not in result.stderr
+  assert sorted(os.listdir(workdir)) == before and '300' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  config = _config(data_dir, **{'debug.nan_at_step': 150})
+  with pytest.raises(RunStopped, match='step 150 is not finite .* the newest checkpoint, step 100,') as stop:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert stop.value.status == train.EXIT_NONFINITE
+  assert os.listdir(tmp_path / 'checkpoints') == ['100']  # nothing saved after the NaN
+
+
+def test_nonfinite_skip_leaves_out_that_update_and_counts_it(data_dir, tmp_path):
+  config = _config(data_dir, **{'debug.nan_at_step': 150, 'train.on_nonfinite': 'skip'})
+  test = train.train_and_evaluate(config, str(tmp_path))
+  counts = {r['step']: r['nonfinite_steps'] for r in read_metrics(tmp_path, 'train')}
+  assert counts == {100: 0, 200: 1, 300: 1}
+  assert np.isnan(read_metrics(tmp_path, 'train')[1]['loss'])  # the interval mean shows the bad step
+  assert test['accuracy'] >= 0.95  # the params never saw the NaN
+
+
+def test_a_changed_width_is_one_line_naming_the_parameter(reference, data_dir, tmp_path):
+  workdir = _copy(reference[0], tmp_path)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = f.read()
+  args = [*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', '--config.model.width=128']
+  result = run_main(*args)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f'bigjax: error: {workdir} holds a run with another config: model.width: 256 in the workdir, 128 now '
+      '(params/head/kernel has shape (256, 10) in the checkpoint and (128, 10) in this config at step 300). '
+      'Use another --workdir, or resume anyway with --config.checkpoint.allow_config_change=True']
+  result = run_main(*args, '--config.checkpoint.allow_config_change=True')
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+      f'bigjax: error: checkpoint 300 in {workdir}/checkpoints does not fit this config: params/head/kernel '
+      'has shape (256, 10) in the checkpoint and (128, 10) in this config. Use another --workdir, or the '
+      'config the run was started with')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved  # nothing written
+
+
+def test_config_changes_outside_the_safe_fields_are_refused(reference, data_dir, tmp_path):
+  workdir = _copy(reference[0], tmp_path)
+  with pytest.raises(ConfigError, match=r"optim.lr: 0.001 in the workdir, 0.01 now\. Use another"):
+    train.train_and_evaluate(_config(data_dir, **{'optim.lr': 0.01}), workdir)
+  longer = train.train_and_evaluate(_config(data_dir, **{'train.steps': 320, 'train.log_every': 40}), workdir)
+  assert longer['accuracy'] >= 0.95 and read_metrics(workdir, 'test')[-1]['step'] == 320
+
+
+def test_init_from_takes_the_params_that_fit(reference, data_dir):
+  config = _config(data_dir, **{'model.depth': 3})  # hidden_2 is new
+  s = train.setup(config)
+  fresh = s.init().params
+  params = checkpoint.init_from(reference[0], fresh)
+  source, _, skipped = checkpoint.load_params(reference[0], fresh)
+  assert sorted(source) == ['head/bias', 'head/kernel', 'hidden_0/bias', 'hidden_0/kernel', 'hidden_1/bias',
+                            'hidden_1/kernel']
+  assert skipped == ['hidden_2/bias: not there', 'hidden_2/kernel: not there']
+  np.testing.assert_array_equal(params['hidden_1']['kernel'], source['hidden_1/kernel'])
+  np.testing.assert_array_equal(params['hidden_2']['kernel'], fresh['hidden_2']['kernel'])
+  with pytest.raises(ConfigError, match='no checkpoints in'):
+    checkpoint.init_from(str(reference[0]) + '-missing', fresh)
