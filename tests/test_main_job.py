@@ -69,6 +69,21 @@ def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_d
   assert killed == clean  # and every line before it, with no line repeated
 
 
+@pytest.mark.slow  # about 3 minutes: ten kills, each followed by a restart
+def test_ten_random_sigkills_then_rerun_match_uninterrupted(main_job, data_dir, tmp_path):
+  workdir = str(tmp_path / 'killed')
+  rng = random.Random()
+  for _ in range(10):
+    proc = _start(workdir, data_dir)
+    start, delay = time.time(), rng.uniform(2.0, 16.0)  # startup to the end of the run: about 3-15 s
+    _kill_when(proc, lambda: time.time() - start > delay)  # noqa: B023 (used before the next loop)
+    if proc.poll() is None:
+      proc.wait()
+  assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
+  untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
+  assert untimed(workdir) == untimed(main_job)
+
+
 def test_bigjax_never_imports_tensorflow(data_dir):
   code = ('import sys; from bigjax import train; from bigjax.config import base_config; '
           'from bigjax import data; c = base_config(); c.data.data_dir = sys.argv[1]; '

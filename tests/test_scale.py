@@ -190,3 +190,32 @@ def test_killing_one_process_stops_the_run_and_it_resumes_exactly(data_dir, tmp_
   output, _ = rerun.communicate(timeout=600)
   assert rerun.returncode == 0, output[-3000:]
   assert _test_loss(workdir) == test_losses['2 processes x 4 devices']  # resumed to the last digit
+
+
+@pytest.mark.slow  # about a minute: the survivor waits out the heartbeat timeout
+@pytest.mark.parametrize('victim', [0, 1])
+def test_without_the_launcher_a_dead_process_stops_the_others_within_60_s(data_dir, tmp_path, victim):
+  """Processes started by hand (as on real hosts): JAX's heartbeat (--heartbeat_timeout_s=30)
+  tells the survivor its peer is gone; killing the coordinator's process ends the other at once."""
+  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
+                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  args = [*_digits_args(tmp_path, data_dir), '--config.train.steps=3000', '--config.checkpoint.every=50',
+          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  procs = [subprocess.Popen([sys.executable, '-m', 'bigjax.main', *args, f'--process_id={i}'], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
+  try:
+    deadline = time.time() + 300
+    while not (tmp_path / 'checkpoints' / '50').exists():
+      assert all(p.poll() is None for p in procs) and time.time() < deadline
+      time.sleep(0.1)
+    procs[victim].kill()
+    killed_at = time.time()
+    survivor = procs[1 - victim]
+    survivor.wait(timeout=60)
+    assert survivor.returncode != 0 and time.time() - killed_at < 60
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
