@@ -1,9 +1,12 @@
 """Helpers for tests that run bigjax as a user would."""
 
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,6 +21,37 @@ def run_main(*args, timeout=600, env=None, **popen_kwargs):
                         capture_output=True, text=True, timeout=timeout, **popen_kwargs)
 
 
+def start_main(*args, env=None, **popen_kwargs):
+  """Starts `python -m bigjax.main ARGS` from the repo root in the background; returns the Popen."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
+  popen_kwargs.setdefault('stdout', subprocess.DEVNULL)
+  popen_kwargs.setdefault('stderr', subprocess.DEVNULL)
+  return subprocess.Popen([sys.executable, '-m', 'bigjax.main', *args], cwd=REPO, env=env, **popen_kwargs)
+
+
+def signal_when(proc, ready, signum=signal.SIGKILL, timeout=300) -> bool:
+  """Sends proc `signum` as soon as ready() holds (polled every few ms) and waits for it to end;
+  False if it ended first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if ready():
+      proc.send_signal(signum)
+      proc.wait(timeout=120)
+      return True
+    time.sleep(0.003)
+  return False
+
+
+def corrupt_checkpoint(step_dir, how: str) -> None:
+  """'truncate' every array data file of a checkpoint to 10 bytes, or 'delete' its OCDBT manifest."""
+  if how == 'truncate':
+    for path in glob.glob(os.path.join(step_dir, 'state', 'd', '*')):
+      with open(path, 'r+b') as f:
+        f.truncate(10)
+  else:
+    os.remove(os.path.join(step_dir, 'state', 'manifest.ocdbt'))
+
+
 def read_metrics(workdir, split=None):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -29,7 +63,6 @@ RATES = ('time', 'examples_per_s', 'tokens_per_s', 'mfu')
 
 def tensorboard_tags(workdir) -> set:
   """Every summary tag in the workdir's TensorBoard event files (TFRecord framing, read by hand)."""
-  import glob
   import struct
 
   from tensorboardX.proto.event_pb2 import Event

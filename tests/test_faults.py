@@ -5,20 +5,18 @@ line it prints, and that the resumed run ends exactly where an unbroken one does
 any moment: tests/test_main_job.py; a dead process of a multi-process run: tests/test_scale.py.)
 """
 
-import glob
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from bigjax import checkpoint, train
 from bigjax.config import ConfigError, RunStopped
-from helpers import REPO, read_metrics, run_main
+from helpers import REPO, corrupt_checkpoint, read_metrics, run_main, signal_when, start_main
 
 STEPS = 300
 ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
@@ -27,9 +25,11 @@ ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
 
 def _config(data_dir, **fields):
   """digits_mlp's config as ARGS set it, built in process."""
-  sys.path.insert(0, os.path.join(REPO, 'experiments'))
-  import digits_mlp
-  c = digits_mlp.get_config()
+  path = os.path.join(REPO, 'experiments', 'digits_mlp.py')
+  spec = importlib.util.spec_from_file_location('digits_mlp', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
   c.data.data_dir = data_dir
   c.train.steps, c.checkpoint.every, c.train.eval_every = STEPS, 100, 100
   for path, value in fields.items():
@@ -60,17 +60,12 @@ def _same_test(workdir, reference_test):
 
 
 def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_exactly(reference, data_dir, tmp_path):
-  workdir = tmp_path / 'preempted'
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.Popen([sys.executable, '-m', 'bigjax.main', *ARGS, f'--workdir={workdir}',
-                           f'--config.data.data_dir={data_dir}'], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  while not (workdir / 'checkpoints' / '100').exists():
-    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGTERM)
-  output = proc.communicate(timeout=120)[0]
+  workdir, log = tmp_path / 'preempted', tmp_path / 'log.txt'
+  with open(log, 'w') as out:  # a file, not a pipe: nothing blocks however much it logs
+    proc = start_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', stdout=out,
+                      stderr=subprocess.STDOUT)
+    assert signal_when(proc, (workdir / 'checkpoints' / '100').exists, signal.SIGTERM), 'it ended first'
+  output = log.read_text()
   assert proc.returncode == 143, output[-3000:]
   line = [x for x in output.splitlines() if x.startswith('bigjax: stopped: preempted (SIGTERM) at step ')]
   assert len(line) == 1, output[-3000:]
@@ -83,21 +78,11 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_exactly(refe
   _same_test(workdir, reference[1])
 
 
-def _truncate(step_dir):
-  for path in glob.glob(os.path.join(step_dir, 'state', 'd', '*')):
-    with open(path, 'r+b') as f:
-      f.truncate(10)
-
-
-def _delete(step_dir):
-  os.remove(os.path.join(step_dir, 'state', 'manifest.ocdbt'))
-
-
-@pytest.mark.parametrize('corrupt', [_truncate, _delete])
+@pytest.mark.parametrize('how', ['truncate', 'delete'])
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_resumed(reference, data_dir, tmp_path,
-                                                                            corrupt, caplog):
+                                                                            how, caplog):
   workdir = _copy(reference[0], tmp_path)
-  corrupt(os.path.join(workdir, 'checkpoints', '300'))
+  corrupt_checkpoint(os.path.join(workdir, 'checkpoints', '300'), how)
   train.train_and_evaluate(_config(data_dir), workdir)
   assert any('Checkpoint' in r.message and 'is corrupt' in r.message for r in caplog.records)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['100', '200', '300', '300.corrupt']
@@ -106,7 +91,7 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_resumed(ref
 
 def test_on_corrupt_fail_stops_with_one_line_and_changes_nothing(reference, data_dir, tmp_path):
   workdir = _copy(reference[0], tmp_path)
-  _truncate(os.path.join(workdir, 'checkpoints', '300'))
+  corrupt_checkpoint(os.path.join(workdir, 'checkpoints', '300'), 'truncate')
   before = sorted(os.listdir(workdir))
   result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
                     '--config.checkpoint.on_corrupt=fail')

@@ -2,14 +2,13 @@
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from helpers import RATES, REPO, read_metrics, run_main
+from helpers import RATES, REPO, read_metrics, run_main, signal_when, start_main
 
 MAIN = ['--config=experiments/digits_mlp.py']
 
@@ -29,22 +28,7 @@ def test_digits_cnn_reaches_test_accuracy(data_dir, tmp_path):
 
 
 def _start(workdir, data_dir):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.Popen([sys.executable, '-m', 'bigjax.main', *MAIN, f'--workdir={workdir}',
-                           f'--config.data.data_dir={data_dir}'], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _kill_when(proc, ready, timeout=300):
-  """SIGKILLs proc as soon as ready() holds (polled every few ms); False if it ended first."""
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
-    if ready():
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
-      return True
-    time.sleep(0.003)
-  return False
+  return start_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
 
 
 def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_dir, tmp_path):
@@ -54,13 +38,13 @@ def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_d
   listing = lambda: os.listdir(ckpts) if os.path.isdir(ckpts) else []  # noqa: E731
 
   proc = _start(workdir, data_dir)
-  assert _kill_when(proc, lambda: any(n.startswith('1000.') for n in listing())), 'run ended before the save'
+  assert signal_when(proc, lambda: any(n.startswith('1000.') for n in listing())), 'run ended before the save'
   assert '1000' not in listing() and '500' in listing()  # the half-written save is not a checkpoint
 
   proc = _start(workdir, data_dir)
   delay = random.Random().uniform(3.0, 10.0)  # the whole run takes about 14 s here
   start = time.time()
-  _kill_when(proc, lambda: time.time() - start > delay)
+  signal_when(proc, lambda: time.time() - start > delay)
 
   assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
   untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
@@ -76,7 +60,7 @@ def test_ten_random_sigkills_then_rerun_match_uninterrupted(main_job, data_dir, 
   for _ in range(10):
     proc = _start(workdir, data_dir)
     start, delay = time.time(), rng.uniform(2.0, 16.0)  # startup to the end of the run: about 3-15 s
-    _kill_when(proc, lambda: time.time() - start > delay)  # noqa: B023 (used before the next loop)
+    signal_when(proc, lambda: time.time() - start > delay)  # noqa: B023 (used before the next loop)
     if proc.poll() is None:
       proc.wait()
   assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
