@@ -183,9 +183,10 @@ def _raise_stop(signum, frame):
 
 
 def _error_line(log_tail: str) -> str:
-  """bigjax's one-line error if the log has one, else its last line."""
+  """bigjax's one-line error (or stop reason) if the log has one, else its last line."""
   lines = [line for line in log_tail.splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith('bigjax: error:') or re.match(r'\w*Error\b', line)]
+  errors = [line for line in lines if line.startswith(('bigjax: error:', 'bigjax: stopped:'))
+            or re.match(r'\w*Error\b', line)]
   return (errors or lines or ['no output'])[-1][:300]
 
 

@@ -248,3 +248,11 @@ def test_sweep_over_the_real_trainer(tmp_path, data_dir):
   assert float(tanh['test/accuracy_mean']) >= 0.9
   assert swish['status'] == ("failed 1/1: bigjax: error: config.model.activation='swish' is invalid: "
                              "choose one of gelu, relu, sigmoid, silu, tanh")
+
+
+def test_a_failed_run_is_summed_up_by_its_error_line():
+  log = 'I1129 train.py] step 100/300\nbigjax: stopped: the loss or gradient at step 150 is not finite\n'
+  assert sweep._error_line(log) == 'bigjax: stopped: the loss or gradient at step 150 is not finite'
+  assert sweep._error_line('Traceback (most recent call last):\n  File "x"\nValueError: bad shape\n') == (
+      'ValueError: bad shape')
+  assert sweep._error_line('killed\n\n') == 'killed' and sweep._error_line('') == 'no output'
