@@ -137,8 +137,9 @@ def _cell(mean: float, std: float) -> str:
 def markdown(sweep: dict, metrics: list[str], rows: list[dict], variants: list[dict], main: str | None
              ) -> str:
   """The table (the best mean of the main metric in bold), then each failed run's error and log."""
-  command = ' '.join(['python -m bigjax.sweep', f'--config={sweep["config"]}', *sweep['overrides'],
-                      f'--sweep={sweep["sweep"]}', f'--seeds={sweep["seeds"]}'])
+  config = [f'--config={sweep["config"]}'] if sweep['config'] else []  # None: each variant names its own
+  command = ' '.join(['python -m bigjax.sweep', *config, *sweep['overrides'], f'--sweep={sweep["sweep"]}',
+                      f'--seeds={sweep["seeds"]}'])
   lower_is_better = main is not None and main.rsplit('/', 1)[-1] in ('loss', 'perplexity', 'bits_per_byte')
   means = [row[main][0] for row in rows if main and not math.isnan(row[main][0])]
   best = (min(means) if lower_is_better else max(means)) if means else None
