@@ -222,21 +222,21 @@ def test_without_the_launcher_a_dead_process_stops_the_others_within_60_s(data_d
 
 
 @pytest.mark.slow  # about a minute: a 2-process run, preempted, then resumed
-def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, tmp_path, test_losses):
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, tmp_path):
   """JAX's preemption sync point: the process that got SIGTERM and its peer stop at the same
   step, both exit 143 after checkpointing it, and the rerun resumes to the unbroken run's loss."""
   port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
                                   's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
-  args = [*_digits_args(tmp_path, data_dir), '--config.checkpoint.every=50',
-          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  args = [*_digits_args(tmp_path / 'run', data_dir), '--config.train.steps=300',
+          '--config.checkpoint.every=50', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   procs = [subprocess.Popen([sys.executable, '-m', 'bigjax.main', *args, f'--process_id={i}'], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in (0, 1)]
   try:
     deadline = time.time() + 300
-    while not (tmp_path / 'checkpoints' / '50').exists():
+    while not (tmp_path / 'run' / 'checkpoints' / '50').exists():
       assert all(p.poll() is None for p in procs) and time.time() < deadline
       time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
@@ -249,8 +249,11 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, 
   lines = [next(x for x in o.splitlines() if x.startswith('bigjax: stopped: preempted')) for o in outputs]
   assert lines[0] == lines[1]  # the same step on both
   step = int(lines[0].split('at step ')[1].split(':')[0])
-  assert 50 < step < STEPS and str(step) in os.listdir(tmp_path / 'checkpoints')
-  rerun = local_multihost(2, *_digits_args(tmp_path, data_dir), '--config.checkpoint.every=50')
-  output, _ = rerun.communicate(timeout=600)
-  assert rerun.returncode == 0, output[-3000:]
-  assert _test_loss(tmp_path) == test_losses['2 processes x 4 devices']
+  assert 50 < step < 300 and str(step) in os.listdir(tmp_path / 'run' / 'checkpoints')
+  losses = []
+  for workdir in ('run', 'unbroken'):
+    proc = local_multihost(2, *_digits_args(tmp_path / workdir, data_dir), '--config.train.steps=300')
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    losses.append(_test_loss(tmp_path / workdir))
+  assert losses[0] == losses[1]
