@@ -68,15 +68,16 @@ def _lm(**fields):
 
 
 def _init(model, tokens):
-  return nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens)['params'])  # jitted: 10x faster on CPU
 
 
 def test_causal_mask_hides_the_future_and_padding_is_invisible():
   model = _lm()
   tokens = jax.random.randint(jax.random.key(1), (1, 10), 3, 50)
   params = _init(model, tokens)
-  logits = model.apply({'params': params}, tokens)
-  changed = model.apply({'params': params}, tokens.at[0, 7].set(4))
+  apply = jax.jit(model.apply)
+  logits = apply({'params': params}, tokens)
+  changed = apply({'params': params}, tokens.at[0, 7].set(4))
   np.testing.assert_array_equal(logits[0, :7], changed[0, :7])  # positions before 7 never see it
   assert not np.allclose(logits[0, 7:], changed[0, 7:])
   # The same prompt left-padded by 3: the pads change nothing.
@@ -84,7 +85,7 @@ def test_causal_mask_hides_the_future_and_padding_is_invisible():
   padded = np.concatenate([np.zeros((1, 3), np.int32), padded], axis=1)
   valid = np.concatenate([np.zeros((1, 3), bool), valid], axis=1)
   positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
-  shifted = model.apply({'params': params}, padded, positions=positions, valid=valid)
+  shifted = apply({'params': params}, padded, positions=positions, valid=valid)
   np.testing.assert_allclose(shifted[0, 3:], logits[0], atol=1e-5)
 
 
@@ -109,7 +110,8 @@ def test_kv_cache_decoding_equals_the_full_forward_pass(fields):
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 50)
   params = _init(model, tokens)
   full = jax.jit(model.apply)({'params': params}, tokens)
-  cache = model.init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32), decode=True)['cache']
+  init_cache = jax.jit(functools.partial(model.init, decode=True))
+  cache = init_cache(jax.random.key(0), jnp.zeros((2, 12), jnp.int32))['cache']
   decode_step = jax.jit(functools.partial(model.apply, decode=True, mutable=['cache']))
   logits, cache = decode_step({'params': params, 'cache': cache}, tokens[:, :5])  # the prompt in one call
   steps = [logits]
@@ -126,9 +128,12 @@ def test_greedy_sampling_continues_like_the_full_model():
   params = _init(model, jnp.zeros((1, 4), jnp.int32))
   new = decode.sample(model, params, [prompt, prompt[2:]], pad_id=0, max_new_tokens=6, rng=jax.random.key(0),
                       temperature=0.0)
+  forward = jax.jit(lambda tokens: model.apply({'params': params}, tokens))
   sequence = list(prompt)
-  for _ in range(6):  # greedy by hand, the slow way: a full forward pass per token
-    sequence.append(int(model.apply({'params': params}, jnp.array([sequence]))[0, -1].argmax()))
+  for _ in range(6):  # greedy by hand: a full forward pass per token, over one padded width
+    # Causal: the padding after the sequence cannot change the logits at its last token.
+    logits = forward(jnp.array([sequence + [0] * (10 - len(sequence))]))
+    sequence.append(int(logits[0, len(sequence) - 1].argmax()))
   assert new[0].tolist() == sequence[4:]
   assert new.shape == (2, 6)
 
