@@ -97,13 +97,13 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, on_
   read straight into its shards on the right devices. The data iterator, if
   given, is restored in place.
   """
+  _ignore_late_callbacks()  # before any read: a failing one's callbacks may come while it fails
   while (step := mngr.latest_step()) is not None:
     try:
       return _restore_step(mngr, step, abstract_state, data_iterator), step
     except ConfigError:
       raise
     except Exception as e:  # noqa: BLE001 (whatever Orbax, TensorStore or grain raise on bad files)
-      _ignore_late_callbacks()
       reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
       path = os.path.join(mngr.directory, str(step))
       if on_corrupt == 'fail':
@@ -118,13 +118,17 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, on_
 
 def _ignore_late_callbacks() -> None:
   """After a failed read, TensorStore's callbacks for it still arrive, into the event loop Orbax
-  already closed; each would print a 'RuntimeError: Event loop is closed' traceback. Drop those."""
+  already closed; each would print a 'RuntimeError: Event loop is closed' traceback. Drop those
+  (installed once per process; every other unraisable exception is printed as before)."""
+  if getattr(sys.unraisablehook, 'bigjax_filter', False):
+    return
   previous = sys.unraisablehook
 
   def hook(unraisable):
     error = unraisable.exc_value
     if not (isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)):
       previous(unraisable)
+  hook.bigjax_filter = True
   sys.unraisablehook = hook
 
 

@@ -156,6 +156,7 @@ print(json.dumps(reports))
 '''
 
 
+@pytest.mark.slow  # 21 s; CI keeps the MLP's fsdp memory test
 def test_dry_run_reports_fsdp_memory_for_the_largest_model():
   result = subprocess.run([sys.executable, '-c', DRY_RUN_RESNET], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, 'JAX_PLATFORMS': 'cpu', **EIGHT_DEVICES})

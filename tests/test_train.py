@@ -74,7 +74,7 @@ def _final_state(config, workdir):
   return jax.device_get(state)
 
 
-@pytest.mark.parametrize('model', ['mlp', 'resnet'])
+@pytest.mark.parametrize('model', ['mlp', pytest.param('resnet', marks=pytest.mark.slow)])  # resnet: 21 s
 def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
   overrides = {'train__steps': 60, 'checkpoint__every': 20, 'train__eval_every': 30, 'train__log_every': 10}
   if model == 'resnet':
