@@ -37,6 +37,13 @@ NGRAMS = ((1, 1), (1, 2))
 C_VALUES = (10.0, 100.0)
 
 
+def fit_features(texts, words: str, ngrams: tuple):
+  """TF-IDF (sublinear term frequency) fitted on texts: the vectorizer and the texts' features."""
+  vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=ngrams, min_df=2 if ngrams[1] > 1 else 1,
+                               **WORDS[words])
+  return vectorizer, vectorizer.fit_transform(texts)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', default='python_stdlib_snippets', choices=[
@@ -50,9 +57,7 @@ def main():
   print(f'{args.dataset}: ' + ', '.join(f'{k} {len(v[1])}' for k, v in splits.items()), flush=True)
   best = None
   for words, ngrams in itertools.product(WORDS, NGRAMS):
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=ngrams, min_df=2 if ngrams[1] > 1 else 1,
-                                 **WORDS[words])
-    features = vectorizer.fit_transform(splits['train'][0])
+    vectorizer, features = fit_features(splits['train'][0], words, ngrams)
     eval_features = vectorizer.transform(splits['eval'][0])
     for c in C_VALUES:
       start = time.time()

@@ -1,10 +1,10 @@
 """The tutorial's text classifier: Embedding(10,000 words, 100) -> LSTM(200) -> Linear, Adam 1e-3,
-cross-entropy, 10 epochs, on IMDB reviews; `:offline` is the same model on stdlib snippets.
+cross-entropy, 10 epochs, on IMDB reviews; `:offline` is the same model class on stdlib snippets.
 
   python -m bigjax.main --config=experiments/imdb_lstm.py            # needs imdb_reviews prepared
   python -m bigjax.main --config=experiments/imdb_lstm.py:offline    # no network, 2 CPU cores
 
-The tutorial's hyperparameters, kept: a 10,000-word vocabulary from the training split,
+IMDB keeps the tutorial's hyperparameters: a 10,000-word vocabulary from the training split,
 embeddings of 100, one LSTM layer of 200, Adam at lr 1e-3 with a constant rate, softmax
 cross-entropy, 10 epochs, batch 64. What it gets wrong and bigjax does not: the head reads one
 vector per review pooled over real tokens (the state after the last real word), so padding
@@ -13,11 +13,13 @@ never changes a prediction; the vocabulary is saved with the run.
 Result, IMDB: not run here (no network); models of this class are known to reach about 85-88%
 test accuracy, a target to confirm, not a claim.
 
-Result, :offline (2026-11-29, 2-core x86_64 CPU, CPython 3.11's stdlib, dataset prepared fresh):
-test accuracy 0.622, macro F1 0.539 in 3 min 38 s wall (preparing the dataset included).
-  --config.model.bidirectional=True --config.model.pooling=mean --config.model.dropout=0.3
-reaches test accuracy 0.684, macro F1 0.609 in 6 min 48 s. Both stay below the TF-IDF +
-logistic-regression bar (python benchmarks/tfidf_baseline.py): see the README.
+`:offline` keeps the vocabulary, length, batch, optimizer and 10 epochs, and changes what a
+small training set of code needs (chosen on validation): embeddings of 512 and an LSTM of 256,
+max pooling, dropout 0.5 on the pooled vector, word dropout 0.4, lr 2e-3 with cosine decay.
+Result, :offline (2026-11-29, 2-core x86_64 CPU, CPython 3.11's stdlib): test macro F1 0.737,
+accuracy 0.781 in 3 min 29 s (seeds 1 and 2: 0.731 and 0.714), above the TF-IDF + logistic-
+regression bar of 0.706 (python benchmarks/tfidf_baseline.py). The tutorial's hyperparameters
+on the same data: experiments/ablations/lstm_offline.py and the README.
 """
 
 import ml_collections
@@ -45,11 +47,24 @@ def get_config(variant: str = 'imdb') -> ml_collections.ConfigDict:
       'bidirectional': False,
       'pooling': 'last',  # last | mean | max, over real tokens only
       'dropout': 0.0,
+      'word_dropout': 0.0,  # training: each word's embedding zeroed with this probability
   })
 
   c.optim.name = 'adam'
   c.optim.lr = 1e-3
   c.optim.schedule = 'constant'
+
+  if offline:
+    # 5,000 functions is a small training set, and its test files use names train never saw: a wider
+    # model, regularized harder, beats the tutorial's sizes there (test macro F1 0.74 against 0.68 at
+    # 100 / 200 with the rest equal). Chosen on validation among ~12 runs of these fields.
+    c.model.embed_dim = 512
+    c.model.hidden = 256
+    c.model.pooling = 'max'  # the strongest evidence anywhere in the function, wherever it is
+    c.model.dropout = 0.5  # on the pooled vector
+    c.model.word_dropout = 0.4
+    c.optim.lr = 2e-3
+    c.optim.schedule = 'cosine'
 
   # 10 epochs. Bucketing leaves an epoch's last partial batch out: 22,500 // 64 = 351 batches, and
   # 4,995 // 64 = 78 for the snippets.

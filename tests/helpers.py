@@ -1,6 +1,7 @@
 """Helpers for tests that run bigjax as a user would."""
 
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -9,6 +10,15 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(path: str):
+  """A Python file that is not in a package (an experiment config, a benchmark), as a module."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def run_main(*args, timeout=600, env=None, **popen_kwargs):

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from bigjax import config as config_lib
-from helpers import REPO, run_main
+from helpers import REPO, load_script, run_main
 
 
 @pytest.mark.parametrize('args, expected', [
@@ -67,15 +67,11 @@ def test_validate_names_the_field(field, value):
 
 
 def test_validate_accepts_every_experiment():
-  import importlib.util
   root = os.path.join(REPO, 'experiments')
   names = sorted(n for n in os.listdir(root) if n.endswith('.py'))
   assert {'digits_mlp.py', 'digits_cnn.py', 'mnist_cnn.py', 'cifar10_resnet.py'} <= set(names)
   for name in names:
-    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(root, name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config_lib.validate(module.get_config())  # raises on any bad field
+    config_lib.validate(load_script(os.path.join(root, name)).get_config())  # raises on any bad field
 
 
 @pytest.mark.parametrize('model, pooling, expected', [
@@ -84,6 +80,14 @@ def test_text_classifier_pooling_is_checked(model, pooling, expected):
   c = config_lib.base_config()
   c.model = ml_collections.ConfigDict({'name': model, 'pooling': pooling})
   with pytest.raises(config_lib.ConfigError, match=expected):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize('field, rate', [('dropout', 1.0), ('word_dropout', 1.0), ('word_dropout', -0.1)])
+def test_dropout_rates_are_checked(field, rate):
+  c = config_lib.base_config()
+  c.model = ml_collections.ConfigDict({'name': 'lstm_classifier', field: rate})
+  with pytest.raises(config_lib.ConfigError, match=f'config.model.{field}={rate} is invalid: use a rate in'):
     config_lib.validate(c)
 
 

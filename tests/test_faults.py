@@ -5,7 +5,6 @@ line it prints, and that the resumed run ends exactly where an unbroken one does
 any moment: tests/test_main_job.py; a dead process of a multi-process run: tests/test_scale.py.)
 """
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ import pytest
 
 from bigjax import checkpoint, train
 from bigjax.config import ConfigError, RunStopped
-from helpers import REPO, corrupt_checkpoint, read_metrics, run_main, signal_when, start_main
+from helpers import REPO, corrupt_checkpoint, load_script, read_metrics, run_main, signal_when, start_main
 
 STEPS = 300
 ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
@@ -25,11 +24,7 @@ ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
 
 def _config(data_dir, **fields):
   """digits_mlp's config as ARGS set it, built in process."""
-  path = os.path.join(REPO, 'experiments', 'digits_mlp.py')
-  spec = importlib.util.spec_from_file_location('digits_mlp', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_script(os.path.join(REPO, 'experiments', 'digits_mlp.py')).get_config()
   c.data.data_dir = data_dir
   c.train.steps, c.checkpoint.every, c.train.eval_every = STEPS, 100, 100
   for path, value in fields.items():

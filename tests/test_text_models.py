@@ -80,6 +80,29 @@ def test_each_pooling_mode_pools_real_tokens_only():
     np.testing.assert_allclose(model.apply({'params': params}, tokens), head(pooled), atol=1e-5)
 
 
+def test_word_dropout_zeroes_whole_embeddings_in_training_only():
+  """The LSTM reads each token's embedding or, for about word_dropout of them, zeros."""
+  tokens = jax.random.randint(jax.random.key(3), (40, 50), 1, 30)
+  model = LSTMClassifier(2, vocab_size=30, embed_dim=8, hidden=6, word_dropout=0.4)
+  params = _init(model, tokens)
+  embedded = params['embed']['embedding'][tokens]
+  seen = []
+
+  def record_lstm_inputs(next_fun, args, kwargs, context):
+    if isinstance(context.module, LSTM):
+      seen.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record_lstm_inputs):
+    model.apply({'params': params}, tokens, train=True, rngs={'dropout': jax.random.key(1)})
+    model.apply({'params': params}, tokens)
+  trained, evaluated = seen
+  np.testing.assert_array_equal(evaluated, embedded)
+  zeroed = np.all(trained == 0, axis=-1)
+  np.testing.assert_array_equal(trained[~zeroed], embedded[~zeroed])  # kept words are not rescaled
+  assert 0.35 < zeroed.mean() < 0.45, zeroed.mean()  # 2,000 tokens at p = 0.4
+
+
 @pytest.mark.parametrize('model', [
     LSTMClassifier(2, vocab_size=12, embed_dim=16, hidden=32, bidirectional=True, pooling='max'),
     TransformerClassifier(2, vocab_size=12, d_model=32, num_heads=2, dropout=0.0, pooling='max')],

@@ -68,8 +68,9 @@ def check_config(model_config) -> None:
   if model_config.name == 'transformer_classifier':
     check(model_config.get('pooling', 'mean') != 'last', 'model.pooling', 'last',
           'an encoder has no last state: use mean or max')
-  if 'dropout' in model_config:
-    check(0 <= model_config.dropout < 1, 'model.dropout', model_config.dropout, 'use a rate in [0, 1)')
+  for field in ('dropout', 'word_dropout'):
+    if field in model_config:
+      check(0 <= model_config[field] < 1, f'model.{field}', model_config[field], 'use a rate in [0, 1)')
 
 
 # Model FLOPs per example for utilization figures; models not here use XLA's count.

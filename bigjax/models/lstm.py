@@ -124,13 +124,22 @@ class LSTMClassifier(nn.Module):
   bidirectional: bool = False
   pooling: str = 'last'  # last | mean | max, over real tokens only
   dropout: float = 0.0  # between layers and on the pooled vector
+  word_dropout: float = 0.0  # training only: each token's embedding zeroed with this probability
   pad_id: int = 0
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     valid = tokens != self.pad_id
+    # Embeddings of std 1/sqrt(embed_dim) (flax's default), not PyTorch's N(0, 1): Adam's steps are
+    # then large beside them, the words are learnt sooner and generalize better (offline test macro
+    # F1 0.70 -> 0.74 with everything else equal; README, Text classification).
     x = nn.Embed(self.vocab_size, self.embed_dim, name='embed', embedding_init=nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ('vocab', 'embed')))(tokens)
+        nn.initializers.normal(self.embed_dim ** -0.5), ('vocab', 'embed')))(tokens)
+    if train and self.word_dropout:
+      # Word dropout (Iyyer et al., 2015): a dropped word keeps its place in the sequence but says
+      # nothing, so the classifier cannot lean on a few telltale names. No rescaling: zero is "unknown".
+      dropped = jax.random.bernoulli(self.make_rng('dropout'), self.word_dropout, tokens.shape)
+      x = jnp.where(dropped[..., None], 0, x)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     directions = (False, True) if self.bidirectional else (False,)
     for layer in range(self.num_layers):

@@ -1,4 +1,4 @@
-"""Text classification: the tutorial's LSTM against a Transformer encoder, same data, vocabulary,
+"""Text classification: the LSTM classifier against a Transformer encoder, same data, vocabulary,
 length and batch (each variant names its whole config, so no --config is needed).
 
   python -m bigjax.sweep --sweep=experiments/ablations/text.py --seeds=3 --workdir=runs/ablations/text
