@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from bigjax import data, decode, sharding, tasks, train
 from bigjax.data import pipeline, tokenizers
+from bigjax.models import transformer
 from bigjax.models.transformer import TransformerLM, rope
 from experiments import lm_gpt
 from helpers import REPO, read_metrics, run_main
@@ -100,6 +101,24 @@ def test_causal_query_blocks_change_no_number():
   for b in (2, 4):
     np.testing.assert_allclose(logits[b][valid], logits[1][valid], atol=1e-5)
   assert not np.allclose(logits[1][valid], logits[1][valid][::-1], atol=1e-3)  # the logits say something
+
+
+@pytest.mark.parametrize('kv_heads', [4, 2, 1], ids=['multi_head', 'grouped', 'multi_query'])
+def test_cpu_attention_equals_dot_product_attention(kv_heads):
+  """The heads-major attention used on CPU, values and gradients, against jax.nn.dot_product_attention:
+  causal, with a left-padded row and a query that sees no real key at all."""
+  q = jax.random.normal(jax.random.key(0), (2, 6, 4, 8))
+  k, v = (jax.random.normal(jax.random.key(i), (2, 6, kv_heads, 8)) for i in (1, 2))
+  valid = jnp.arange(6)[None, :] >= jnp.array([[0], [3]])
+  mask = valid[:, None, None, :] & (jnp.arange(6)[None, :] <= jnp.arange(6)[:, None])[None, None]
+
+  def loss(fn):
+    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask=mask))), (0, 1, 2)))
+
+  ours = loss(transformer._heads_major_attention)(q, k, v)
+  reference = loss(jax.nn.dot_product_attention)(q, k, v)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('fields', [  # scanned layers with GQA + SwiGLU + RMSNorm; unrolled with the rest
