@@ -37,11 +37,26 @@ NGRAMS = ((1, 1), (1, 2))
 C_VALUES = (10.0, 100.0)
 
 
-def fit_features(texts, words: str, ngrams: tuple):
-  """TF-IDF (sublinear term frequency) fitted on texts: the vectorizer and the texts' features."""
-  vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=ngrams, min_df=2 if ngrams[1] > 1 else 1,
-                               **WORDS[words])
-  return vectorizer, vectorizer.fit_transform(texts)
+def select(splits: dict, average: str) -> tuple:
+  """Fits every candidate on train and keeps the best by validation F1 (one line per candidate).
+
+  Returns (validation f1, words, ngrams, C, fitted vectorizer, fitted model).
+  """
+  best = None
+  for words, ngrams in itertools.product(WORDS, NGRAMS):
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=ngrams, min_df=2 if ngrams[1] > 1 else 1,
+                                 **WORDS[words])
+    features = vectorizer.fit_transform(splits['train'][0])
+    eval_features = vectorizer.transform(splits['eval'][0])
+    for c in C_VALUES:
+      start = time.time()
+      model = LogisticRegression(C=c, max_iter=3000).fit(features, splits['train'][1])
+      f1 = f1_score(splits['eval'][1], model.predict(eval_features), average=average)
+      print(f'words {words} ngrams {ngrams} C {c:g}: validation f1 {f1:.4f} ({time.time() - start:.0f} s)',
+            flush=True)
+      if best is None or f1 > best[0]:
+        best = (f1, words, ngrams, c, vectorizer, model)
+  return best
 
 
 def main():
@@ -55,19 +70,7 @@ def main():
   splits = data.labelled_texts(config)
   average = 'binary' if data.DATASETS[args.dataset].num_classes == 2 else 'macro'
   print(f'{args.dataset}: ' + ', '.join(f'{k} {len(v[1])}' for k, v in splits.items()), flush=True)
-  best = None
-  for words, ngrams in itertools.product(WORDS, NGRAMS):
-    vectorizer, features = fit_features(splits['train'][0], words, ngrams)
-    eval_features = vectorizer.transform(splits['eval'][0])
-    for c in C_VALUES:
-      start = time.time()
-      model = LogisticRegression(C=c, max_iter=3000).fit(features, splits['train'][1])
-      f1 = f1_score(splits['eval'][1], model.predict(eval_features), average=average)
-      print(f'words {words} ngrams {ngrams} C {c:g}: validation f1 {f1:.4f} ({time.time() - start:.0f} s)',
-            flush=True)
-      if best is None or f1 > best[0]:
-        best = (f1, words, ngrams, c, vectorizer, model)
-  f1_eval, words, ngrams, c, vectorizer, model = best
+  f1_eval, words, ngrams, c, vectorizer, model = select(splits, average)
   labels = splits['test'][1]
   predicted = model.predict(vectorizer.transform(splits['test'][0]))
   print(json.dumps({
