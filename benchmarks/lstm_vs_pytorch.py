@@ -9,11 +9,17 @@ final hidden state, cross-entropy, Adam(lr 1e-3), batch 64, sequence length 256,
      adam(1e-3), softmax cross-entropy, one jax.jit step with params and optimizer state donated.
   B  PyTorch, eager: the tutorial's model, torch.optim.Adam.
 
+  C  (--floor) not an LSTM: A with the recurrence cut down to its sequential matmuls alone
+     (h_t = (z_t + h_{t-1} @ W)[:, :H] forward, dh_{t-1} = [dh]*4 @ W^T backward, one (H, B*T) @
+     (B*T, 4H) weight-gradient matmul), no gate arithmetic. It bounds what any lax.scan LSTM can
+     reach here: the loop and XLA:CPU's matmuls are all it keeps. Its loss is not comparable.
+
 B starts from A's initial weights (the script checks that both give the same logits), and both
 train on the same random token batches (ids 1..9999; 0, the pad id, never occurs), so their
 per-round losses should agree. Runs are interleaved A B A B ..., each round timing
 --steps_per_round steps after --warmup_steps untimed ones; the summary is the median over rounds.
-The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...}.
+The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...},
+plus "floor_steps_per_s" and "floor_ratio" (floor / pytorch) with --floor.
 """
 
 import argparse
@@ -43,6 +49,8 @@ def parse_args(argv=None):
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
                       help='intra-op threads for both XLA and PyTorch (default: all cores)')
   parser.add_argument('--seed', type=int, default=0, help='seed of the weights and the random batches')
+  parser.add_argument('--floor', action='store_true',
+                      help='also time a matmul-only recurrence (not an LSTM): bounds any lax.scan LSTM')
   args = parser.parse_args(argv)
   if min(args.rounds, args.steps_per_round, args.warmup_steps, args.threads) < 1:
     parser.error('--rounds, --steps_per_round, --warmup_steps and --threads must be >= 1')
@@ -60,11 +68,15 @@ def set_threads(n: int) -> None:
 
 
 class Bigjax:
-  def __init__(self, seed: int):
+  def __init__(self, seed: int, recurrence=None):
+    """recurrence: a stand-in for bigjax.models.lstm._recurrence, compiled into this runner's step."""
+    from unittest import mock
+
     import flax.linen as fnn
     import jax
     import optax
 
+    from bigjax.models import lstm
     from bigjax.models.lstm import LSTMClassifier
     self.jax = jax
     self.model = LSTMClassifier(CLASSES, vocab_size=VOCAB, embed_dim=EMBED, hidden=HIDDEN, pooling='last')
@@ -81,7 +93,10 @@ class Bigjax:
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
-    self.step = step
+    # Compiled here, ahead of time, so a stand-in recurrence is the one traced into this step only.
+    with mock.patch.object(lstm, '_recurrence', recurrence or lstm._recurrence):
+      self.step = step.lower(self.params, self.opt_state, np.zeros((BATCH, LENGTH), np.int32),
+                             np.zeros(BATCH, np.int32)).compile()
 
   def logits(self, tokens):
     return np.asarray(self.jax.jit(self.model.apply)({'params': self.params}, tokens))
@@ -90,6 +105,34 @@ class Bigjax:
     for tokens, labels in batches:
       self.params, self.opt_state, loss = self.step(self.params, self.opt_state, tokens, labels)
     return float(loss)  # waits for the last step
+
+
+def matmul_only_recurrence(from_inputs, valid, w, reverse):
+  """--floor's stand-in for lstm._recurrence, same signature and shapes; not an LSTM (see C above)."""
+  import jax
+
+  hidden = w.shape[0]
+
+  def forward(z, w):
+    def step(h, z_t):
+      h = (z_t + h @ w)[:, :hidden]
+      return h, h
+    last, states = jax.lax.scan(step, z[0, :, :hidden] * 0, z, reverse=reverse)
+    return (states, last), (states, w)
+
+  def backward(residuals, cotangents):
+    (states, w), (d_states, d_last) = residuals, cotangents
+
+    def step(dh, d_out):
+      d_pre = jax.numpy.concatenate([dh + d_out] * 4, axis=-1)
+      return d_pre @ w.T, d_pre
+    _, d_pre = jax.lax.scan(step, d_last, d_states, reverse=not reverse)
+    return d_pre, jax.lax.dot_general(states.reshape(-1, hidden), d_pre.reshape(-1, 4 * hidden),
+                                      (((0,), (0,)), ((), ())))
+
+  run = jax.custom_vjp(lambda z, w: forward(z, w)[0])
+  run.defvjp(forward, backward)
+  return run(from_inputs, w)
 
 
 class Tutorial(nn.Module):
@@ -157,6 +200,8 @@ def main(argv=None) -> dict:
   if error > 1e-4:
     raise SystemExit('bigjax and the PyTorch model disagree: they are not the same model')
   contenders = {'bigjax': a, 'pytorch': Torch(model)}
+  if args.floor:
+    contenders['floor'] = Bigjax(args.seed, recurrence=matmul_only_recurrence)
   warmup = take(args.warmup_steps)
   for name, runner in contenders.items():  # bigjax compiles here
     t = time.perf_counter()
@@ -180,10 +225,13 @@ def main(argv=None) -> dict:
   median = {name: statistics.median(values) for name, values in rates.items()}
   result = {'bigjax_steps_per_s': round(median['bigjax'], 4),
             'pytorch_steps_per_s': round(median['pytorch'], 4),
-            'ratio': round(median['bigjax'] / median['pytorch'], 4),
-            'rounds': args.rounds, 'steps_per_round': args.steps_per_round,
-            'warmup_steps': args.warmup_steps, 'threads': args.threads,
-            'loadavg_start': round(load_start[0], 2), 'loadavg_end': round(load_end[0], 2)}
+            'ratio': round(median['bigjax'] / median['pytorch'], 4)}
+  if args.floor:
+    result.update(floor_steps_per_s=round(median['floor'], 4),
+                  floor_ratio=round(median['floor'] / median['pytorch'], 4))
+  result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
+                threads=args.threads, loadavg_start=round(load_start[0], 2),
+                loadavg_end=round(load_end[0], 2))
   print(json.dumps(result), flush=True)
   return result
 

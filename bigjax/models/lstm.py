@@ -44,20 +44,21 @@ def _recurrence_forward(from_inputs, valid, w, reverse):
     tanh_c = jnp.tanh(c_next)
     real = real[:, None]  # a pad leaves the state as it was
     h_next = jnp.where(real, o * tanh_c, h)
-    # The backward needs this step's gates, incoming c and tanh of its new c; h_{t-1} it reads from states.
-    return (h_next, jnp.where(real, c_next, c)), (h_next, c, tanh_c, gates)
+    # The backward needs this step's gates, incoming h and c, and tanh of its new c. Storing the
+    # incoming h (not reading h_{t-1} from states) spares the weight gradient two shifted copies.
+    return (h_next, jnp.where(real, c_next, c)), (h_next, h, c, tanh_c, gates)
 
   zeros = jnp.zeros((from_inputs.shape[1], hidden), from_inputs.dtype)
-  (last, _), (states, c_in, tanh_c, gates) = jax.lax.scan(step, (zeros, zeros), (from_inputs, valid),
-                                                          reverse=reverse)
-  return (states, last), (states, c_in, tanh_c, gates, valid, w)
+  (last, _), (states, h_in, c_in, tanh_c, gates) = jax.lax.scan(step, (zeros, zeros), (from_inputs, valid),
+                                                                reverse=reverse)
+  return (states, last), (h_in, c_in, tanh_c, gates, valid, w)
 
 
 def _recurrence_backward(reverse, residuals, cotangents):
   """Runs back through time computing only what is sequential: each step's gate gradient and
   d h_{t-1} = d_gates @ W^T. The recurrent kernel's gradient is then one (H, B*T) @ (B*T, 4H)
   matmul, where autodiff of the scan would accumulate a K=B one into W's gradient every step."""
-  states, c_in, tanh_c, gates, valid, w = residuals
+  h_in, c_in, tanh_c, gates, valid, w = residuals
   d_states, d_last = cotangents
   hidden, w_t = w.shape[0], w.T
   scale = _gate_scale(hidden, gates.dtype)
@@ -77,9 +78,7 @@ def _recurrence_backward(reverse, residuals, cotangents):
 
   _, d_from_inputs = jax.lax.scan(step, (d_last, jnp.zeros_like(d_last)),
                                   (d_states, c_in, tanh_c, gates, valid), reverse=not reverse)
-  # h_{t-1} of every step but the first, whose h_{t-1} is the zero initial state.
-  h_prev, d_pre = (states[1:], d_from_inputs[:-1]) if reverse else (states[:-1], d_from_inputs[1:])
-  d_w = jax.lax.dot_general(h_prev.reshape(-1, hidden), d_pre.reshape(-1, 4 * hidden),
+  d_w = jax.lax.dot_general(h_in.reshape(-1, hidden), d_from_inputs.reshape(-1, 4 * hidden),
                             (((0,), (0,)), ((), ())))
   return d_from_inputs, None, d_w
 
