@@ -37,9 +37,10 @@ def read_metrics(workdir: str) -> list[dict]:
   records = []
   for line in lines:
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError:  # a line cut short by a kill
-      pass
+      continue
+    records.append({k: math.nan if v is None else v for k, v in record.items()})  # null: a NaN or Inf
   return records
 
 

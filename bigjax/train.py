@@ -247,12 +247,18 @@ def _throughput(s: Setup, config, compiled_step):
 
 
 def _interval_means(pending: list) -> tuple[dict, float]:
-  """The mean of each train metric over a log interval (counters: their last value), and the mean
-  batch-length fraction."""
+  """The mean of each train metric over a log interval's finite values (counters: their last
+  value), and the mean batch-length fraction. A step skipped for a NaN or Inf (on_nonfinite=skip)
+  shows in nonfinite_steps, not as a NaN mean that would hide the interval's other steps."""
   fetched = jax.device_get([metrics for metrics, _ in pending])
-  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  means = {k: _finite_mean([m[k] for m in fetched]) for k in fetched[0]}
   means['nonfinite_steps'] = float(fetched[-1]['nonfinite_steps'])
   return means, float(np.mean([length for _, length in pending]))
+
+
+def _finite_mean(values) -> float:
+  finite = [float(v) for v in values if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float('nan')  # NaN: written as null
 
 
 def _stop_if_nonfinite(pending: list, step: int, baseline: int, last_checkpoint: int) -> None:

@@ -2,7 +2,8 @@
 
 Only process 0 writes. Scalars go to metrics.jsonl and TensorBoard; arrays
 (per-class figures, confusion matrices) go to details.jsonl, and to TensorBoard as
-one scalar per class (`eval/per_class_f1/<class>`) and a table (TEXT tab).
+one scalar per class (`eval/per_class_f1/<class>`) and a table (TEXT tab). The .jsonl files
+are strict JSON: a NaN or infinite value is written as null.
 """
 
 import datetime
@@ -18,6 +19,16 @@ from absl import logging
 
 def _is_scalar(value) -> bool:
   return np.ndim(value) == 0
+
+
+def _finite_or_null(value):
+  """value with every NaN and infinity, however deeply nested, replaced by None (JSON null):
+  json.dumps would write them as NaN and Infinity, which strict JSON readers reject."""
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_finite_or_null(v) for v in value]
+  return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def _keep_after_resume(line: str, step: int) -> bool:
@@ -64,7 +75,7 @@ class MetricWriter:
     for name, values in (('metrics.jsonl', scalars), ('details.jsonl', arrays)):
       if values:
         record = {'step': step, 'split': split, **values, 'time': elapsed}
-        self.files[name].write(json.dumps(record) + '\n')
+        self.files[name].write(json.dumps(_finite_or_null(record), allow_nan=False) + '\n')
         self.files[name].flush()
     for k, v in scalars.items():
       self.tensorboard.add_scalar(f'{split}/{k}', v, step)

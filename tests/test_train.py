@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, train
+from bigjax import checkpoint, train, writers
 from bigjax.config import base_config
 from helpers import RATES, read_metrics
 
@@ -106,3 +106,17 @@ def test_full_batch_gradient_descent_decreases_loss_every_step(data_dir, tmp_pat
   train.train_and_evaluate(config, str(tmp_path))
   losses = [r['loss'] for r in read_metrics(str(tmp_path), 'train')]
   assert len(losses) == 25 and all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def test_logs_are_strict_json_with_null_for_nan_and_infinity(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path), resume_step=0)
+  writer.write(10, 'eval', {'loss': float('nan'), 'accuracy': 0.5, 'perplexity': np.inf,
+                            'per_class_f1': np.array([0.25, np.nan])})
+  writer.close()
+
+  def strict(name):  # json.loads accepts NaN and Infinity unless told otherwise
+    with open(tmp_path / name) as f:
+      return [json.loads(line, parse_constant=lambda c: pytest.fail(f'{name} holds {c}')) for line in f]
+  [record] = strict('metrics.jsonl')
+  assert (record['loss'], record['accuracy'], record['perplexity']) == (None, 0.5, None)
+  assert strict('details.jsonl')[0]['per_class_f1'] == [0.25, None]
