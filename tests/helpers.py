@@ -21,6 +21,15 @@ def load_script(path: str):
   return module
 
 
+def overridden(config, **fields):
+  """config with `section__key=value` fields set in place (a `--config.section.key` flag's
+  in-process twin); returns it."""
+  for path, value in fields.items():
+    section, key = path.split('__')
+    config[section][key] = value
+  return config
+
+
 def run_main(*args, timeout=600, env=None, **popen_kwargs):
   """Runs `python -m bigjax.main ARGS` from the repo root; returns the CompletedProcess.
 

@@ -15,7 +15,16 @@ import pytest
 
 from bigjax import checkpoint, train
 from bigjax.config import ConfigError, RunStopped
-from helpers import REPO, corrupt_checkpoint, load_script, read_metrics, run_main, signal_when, start_main
+from helpers import (
+  REPO,
+  corrupt_checkpoint,
+  load_script,
+  overridden,
+  read_metrics,
+  run_main,
+  signal_when,
+  start_main,
+)
 
 STEPS = 300
 ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
@@ -23,14 +32,11 @@ ARGS = ['--config=experiments/digits_mlp.py', f'--config.train.steps={STEPS}',
 
 
 def _config(data_dir, **fields):
-  """digits_mlp's config as ARGS set it, built in process."""
+  """digits_mlp's config as ARGS set it, built in process, then `section__key` fields."""
   c = load_script(os.path.join(REPO, 'experiments', 'digits_mlp.py')).get_config()
   c.data.data_dir = data_dir
   c.train.steps, c.checkpoint.every, c.train.eval_every = STEPS, 100, 100
-  for path, value in fields.items():
-    section, key = path.split('.')
-    c[section][key] = value
-  return c
+  return overridden(c, **fields)
 
 
 @pytest.fixture(scope='module')
@@ -98,7 +104,7 @@ def test_on_corrupt_fail_stops_with_one_line_and_changes_nothing(reference, data
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-  config = _config(data_dir, **{'debug.nan_at_step': 150})
+  config = _config(data_dir, debug__nan_at_step=150)
   with pytest.raises(RunStopped, match='step 150 is not finite .* the newest checkpoint, step 100,') as stop:
     train.train_and_evaluate(config, str(tmp_path))
   assert stop.value.status == train.EXIT_NONFINITE
@@ -106,7 +112,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 
 
 def test_nonfinite_skip_leaves_out_that_update_and_counts_it(data_dir, tmp_path):
-  config = _config(data_dir, **{'debug.nan_at_step': 150, 'train.on_nonfinite': 'skip'})
+  config = _config(data_dir, debug__nan_at_step=150, train__on_nonfinite='skip')
   test = train.train_and_evaluate(config, str(tmp_path))
   counts = {r['step']: r['nonfinite_steps'] for r in read_metrics(tmp_path, 'train')}
   assert counts == {100: 0, 200: 1, 300: 1}
@@ -138,13 +144,13 @@ def test_a_changed_width_is_one_line_naming_the_parameter(reference, data_dir, t
 def test_config_changes_outside_the_safe_fields_are_refused(reference, data_dir, tmp_path):
   workdir = _copy(reference[0], tmp_path)
   with pytest.raises(ConfigError, match=r"optim.lr: 0.001 in the workdir, 0.01 now\. Use another"):
-    train.train_and_evaluate(_config(data_dir, **{'optim.lr': 0.01}), workdir)
-  longer = train.train_and_evaluate(_config(data_dir, **{'train.steps': 320, 'train.log_every': 40}), workdir)
+    train.train_and_evaluate(_config(data_dir, optim__lr=0.01), workdir)
+  longer = train.train_and_evaluate(_config(data_dir, train__steps=320, train__log_every=40), workdir)
   assert longer['accuracy'] >= 0.95 and read_metrics(workdir, 'test')[-1]['step'] == 320
 
 
 def test_init_from_takes_the_params_that_fit(reference, data_dir):
-  config = _config(data_dir, **{'model.depth': 3})  # hidden_2 is new
+  config = _config(data_dir, model__depth=3)  # hidden_2 is new
   s = train.setup(config)
   fresh = s.init().params
   params = checkpoint.init_from(reference[0], fresh)

@@ -10,7 +10,7 @@ import pytest
 
 from bigjax import checkpoint, train, writers
 from bigjax.config import base_config
-from helpers import RATES, read_metrics
+from helpers import RATES, overridden, read_metrics
 
 
 def _config(data_dir, **overrides):
@@ -21,10 +21,7 @@ def _config(data_dir, **overrides):
   c.optim.lr = 3e-3
   c.train.update({'steps': 200, 'batch_size': 64, 'eval_every': 100, 'log_every': 50})
   c.checkpoint.update({'every': 50, 'keep': 10})
-  for path, value in overrides.items():
-    section, key = path.split('__')
-    c[section][key] = value
-  return c
+  return overridden(c, **overrides)
 
 
 @pytest.fixture(scope='module')
