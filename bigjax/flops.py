@@ -14,6 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from bigjax import files
+
 # device_kind prefix -> dense bf16 peak FLOP/s per device (not the sparse figures).
 PEAK_FLOPS = {
     'TPU v4': 275e12,
@@ -63,9 +65,8 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
     if key not in cache:
       cache[key] = _measure_cpu_matmul()
       os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
-      with open(_CACHE + '.tmp', 'w') as f:
+      with files.replaced_atomically(_CACHE) as f:
         json.dump(cache, f)
-      os.replace(_CACHE + '.tmp', _CACHE)
     return cache[key], 'measured float32 matmul, cached'
   for prefix, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
     if device.device_kind.startswith(prefix):

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from absl import app, flags
 
-from bigjax import sweep_report
+from bigjax import files, sweep_report
 from bigjax.config import fail
 
 _CONFIG = flags.DEFINE_string('config', None, 'Base config, FILE[:ARG], as for bigjax.main (optional when '
@@ -163,9 +163,8 @@ def plan(variants: list[dict], names: list[str], *, main: list[str], config: str
 
 
 def _write_json(path: str, record: dict) -> None:
-  with open(path + '.tmp', 'w') as f:
+  with files.replaced_atomically(path) as f:
     json.dump(record, f, indent=2)
-  os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a file
 
 
 def _die_with_parent() -> None:

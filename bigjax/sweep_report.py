@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from bigjax import files
+
 STATUS_FILE = 'sweep_status.json'  # in each run folder, beside the trainer's files (bigjax.sweep writes it)
 CSV_FILE, MD_FILE = 'results.csv', 'results.md'
 CURVES_FILE, BAR_FILE = 'curves.png', 'bar.png'
@@ -113,7 +115,7 @@ def main_metric(metrics: list[str], requested: str | None) -> str | None:
 
 def write_csv(path: str, metrics: list[str], rows: list[dict]) -> None:
   keys = list(dict.fromkeys(k for row in rows for k in row['overrides']))
-  with open(path + '.tmp', 'w', newline='') as f:
+  with files.replaced_atomically(path, newline='') as f:
     out = csv.writer(f)
     out.writerow(['variant', *keys, 'status', 'seeds', 'steps', 'wall_s',
                   *[f'{m}_{stat}' for m in metrics for stat in ('mean', 'std')]])
@@ -122,7 +124,6 @@ def write_csv(path: str, metrics: list[str], rows: list[dict]) -> None:
                     row['steps'] if row['steps'] is not None else '',
                     f'{row["wall_s"]:.1f}' if row['wall_s'] is not None else '',
                     *[repr(x) for m in metrics for x in row[m]]])  # repr: every digit, for reuse
-  os.replace(path + '.tmp', path)
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -227,8 +228,7 @@ def write(sweep_dir: str, metric: str | None = None) -> str:
   main = main_metric(metrics, metric)
   write_csv(os.path.join(sweep_dir, CSV_FILE), metrics, rows)
   text = markdown(sweep, metrics, rows, variants, main)
-  with open(os.path.join(sweep_dir, MD_FILE + '.tmp'), 'w') as f:
+  with files.replaced_atomically(os.path.join(sweep_dir, MD_FILE)) as f:
     f.write(text)
-  os.replace(os.path.join(sweep_dir, MD_FILE + '.tmp'), os.path.join(sweep_dir, MD_FILE))
   plot(sweep_dir, variants, rows, main)
   return text

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from bigjax import files
+
 
 def _is_scalar(value) -> bool:
   return np.ndim(value) == 0
@@ -62,9 +64,8 @@ class MetricWriter:
       return
     with open(path) as f:
       lines = [line for line in f if _keep_after_resume(line, step)]
-    with open(path + '.tmp', 'w') as f:
+    with files.replaced_atomically(path) as f:  # a kill here loses nothing
       f.writelines(lines)
-    os.replace(path + '.tmp', path)  # atomic: a kill here loses nothing
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, train
+from bigjax import checkpoint, files, train
 from bigjax.config import ConfigError, RunStopped
 from helpers import (
   REPO,
@@ -162,3 +162,13 @@ def test_init_from_takes_the_params_that_fit(reference, data_dir):
   np.testing.assert_array_equal(params['hidden_2']['kernel'], fresh['hidden_2']['kernel'])
   with pytest.raises(ConfigError, match='no checkpoints in'):
     checkpoint.init_from(str(reference[0]) + '-missing', fresh)
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_file(tmp_path):
+  path = str(tmp_path / 'record.json')
+  with files.replaced_atomically(path) as f:
+    f.write('old')
+  with pytest.raises(KeyboardInterrupt), files.replaced_atomically(path) as f:
+    f.write('half of the n')
+    raise KeyboardInterrupt  # as a kill between two writes would
+  assert open(path).read() == 'old' and os.listdir(tmp_path) == ['record.json']

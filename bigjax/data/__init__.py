@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
+from bigjax import files
 from bigjax.config import ConfigError, check, check_choice
 from bigjax.data import digits, pipeline, python_stdlib, stdlib_snippets, tokenizers
 
@@ -157,9 +158,8 @@ def _cached(path: str, make: Callable[[], dict]) -> dict:
   """The arrays saved at path (.npz), made and saved (atomically) if missing."""
   if not os.path.exists(path):
     arrays = make()
-    with open(path + '.tmp', 'wb') as f:
+    with files.replaced_atomically(path, 'wb') as f:  # a killed run never leaves a truncated cache
       np.savez(f, **arrays)
-    os.replace(path + '.tmp', path)  # a killed run never leaves a truncated cache
   with np.load(path) as saved:
     return dict(saved)
 

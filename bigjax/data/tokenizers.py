@@ -22,6 +22,8 @@ import re
 
 import numpy as np
 
+from bigjax import files
+
 PAD, BOS, EOS = 0, 1, 2  # the same ids in every tokenizer here
 KINDS = ('byte', 'sentencepiece', 'word')
 
@@ -138,9 +140,8 @@ class WordTokenizer:
 
 def save(tokenizer, path: str) -> None:
   """Writes the tokenizer atomically: a killed run never leaves half a file."""
-  with open(path + '.tmp', 'wb') as f:
+  with files.replaced_atomically(path, 'wb') as f:
     f.write(tokenizer.to_bytes())
-  os.replace(path + '.tmp', path)
 
 
 def load(path: str):
