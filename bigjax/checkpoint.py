@@ -48,17 +48,26 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config) -
 
 
 def _name(entry) -> str:
-  for attribute in ('key', 'name', 'idx'):
+  for attribute in ('key', 'name', 'idx'):  # dict key, dataclass field, list index
     if hasattr(entry, attribute):
       return str(getattr(entry, attribute))
   return str(entry)
 
 
+def _path_name(path) -> str:
+  """A pytree path as 'params/hidden_0/kernel'."""
+  return '/'.join(_name(e) for e in path)
+
+
+def _leaves_by_name(tree, is_leaf=None) -> dict:
+  """'params/hidden_0/kernel' -> leaf, for every leaf of tree."""
+  return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf)[0]}
+
+
 def shapes(tree) -> dict[str, tuple]:
   """'params/hidden_0/kernel' -> shape, for every array of a state, abstract state or metadata tree."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape'))[0]
-  return {'/'.join(_name(e) for e in path): tuple(leaf.shape)
-          for path, leaf in leaves if hasattr(leaf, 'shape')}
+  leaves = _leaves_by_name(tree, is_leaf=lambda x: hasattr(x, 'shape'))
+  return {name: tuple(leaf.shape) for name, leaf in leaves.items() if hasattr(leaf, 'shape')}
 
 
 def first_mismatch(saved: dict, wanted: dict) -> str | None:
@@ -180,7 +189,7 @@ def init_from(path: str, params):
   path, same shape) replaced by its value, placed with the leaf's sharding. Logs what it skipped."""
   values, step, skipped = load_params(path, params)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  names = ['/'.join(_name(e) for e in p) for p, _ in leaves]
+  names = [_path_name(p) for p, _ in leaves]
   new = [jax.device_put(values[n].astype(leaf.dtype), leaf.sharding) if n in values else leaf
          for n, (_, leaf) in zip(names, leaves)]
   logging.info('Initialized %d of %d params from %s (step %d).%s', len(values), len(leaves), path, step,
@@ -210,11 +219,6 @@ def load_params(path: str, abstract_params):
              for k, shape in wanted.items() if k not in matches]
   skipped += [f'{k}: only there' for k in saved_params if k not in wanted]
   restored = ocp.StandardCheckpointer().restore(state_dir)  # host arrays; placed by the caller
-  flat = {k[len('params/'):]: v for k, v in _flatten(restored).items() if k.startswith('params/')}
+  flat = {k[len('params/'):]: v for k, v in _leaves_by_name(restored).items() if k.startswith('params/')}
   source.close()
   return {k: np.asarray(flat[k]) for k in matches}, step, skipped
-
-
-def _flatten(tree) -> dict:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(_name(e) for e in path): leaf for path, leaf in leaves}
