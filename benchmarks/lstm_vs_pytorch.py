@@ -203,7 +203,7 @@ def main(argv=None) -> dict:
   if args.floor:
     contenders['floor'] = Bigjax(args.seed, recurrence=matmul_only_recurrence)
   warmup = take(args.warmup_steps)
-  for name, runner in contenders.items():  # bigjax compiles here
+  for name, runner in contenders.items():  # to steady state (bigjax compiled in its constructor)
     t = time.perf_counter()
     loss = runner.run(warmup)
     log(f'warmup {name}: {time.perf_counter() - t:.1f} s, loss {loss:.4f}')
