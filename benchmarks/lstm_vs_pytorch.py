@@ -38,6 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from lm_vs_pytorch import set_threads  # noqa: E402  the same threads for both, before jax
+
 VOCAB, EMBED, HIDDEN, CLASSES, BATCH, LENGTH, LR = 10000, 100, 200, 2, 64, 256, 1e-3
 
 
@@ -55,16 +57,6 @@ def parse_args(argv=None):
   if min(args.rounds, args.steps_per_round, args.warmup_steps, args.threads) < 1:
     parser.error('--rounds, --steps_per_round, --warmup_steps and --threads must be >= 1')
   return args
-
-
-def set_threads(n: int) -> None:
-  """The same compute threads for both; before jax is imported (see lm_vs_pytorch.set_threads)."""
-  if 'jax' in sys.modules:
-    raise RuntimeError('set_threads must run before jax is imported')
-  os.environ['PJRT_NPROC'] = str(n)  # XLA:CPU sizes its thread pool from this
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=true').strip()
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  torch.set_num_threads(n)
 
 
 class Bigjax:
@@ -117,7 +109,7 @@ def matmul_only_recurrence(from_inputs, valid, w, reverse):
     def step(h, z_t):
       h = (z_t + h @ w)[:, :hidden]
       return h, h
-    last, states = jax.lax.scan(step, z[0, :, :hidden] * 0, z, reverse=reverse)
+    last, states = jax.lax.scan(step, jax.numpy.zeros((z.shape[1], hidden), z.dtype), z, reverse=reverse)
     return (states, last), (states, w)
 
   def backward(residuals, cotangents):
