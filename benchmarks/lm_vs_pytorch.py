@@ -119,7 +119,7 @@ class Bigjax:
     self.s = train.setup(config)
     with self.active():
       self.state = self.s.init()
-      self.step = train.compile_train_step(self.s, config)
+      _, self.step = train.compile_train_step(self.s, config)
     self.compile_s = time.perf_counter() - start
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
 

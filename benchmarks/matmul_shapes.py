@@ -3,13 +3,16 @@
   python benchmarks/matmul_shapes.py [--rounds 7] [--threads N]
 
 The shapes of one layer of experiments/lm_gpt.py:small at batch 16, context 256 (4,096 tokens,
-d_model 384, 6 heads of 64): the MLP's and the attention projections' plain 2-D GEMMs, and the
-attention's batched matmuls (16 x 6 = 96 of them) for the second of two query blocks, as
-bigjax's CPU attention runs them (heads-major: scores = q k^T, out = p v). float32, random inputs.
+d_model 384, 6 heads of 64): the MLP's and the attention projections' plain 2-D GEMMs, one weight
+gradient (its contraction over the 4,096 tokens), and the attention's batched matmuls (16 x 6 =
+96 of them) for the second of two query blocks, as bigjax's CPU attention runs them
+(heads-major: scores = q k^T, out = p v). float32, random inputs.
 
-Each shape is timed both ways, interleaved (XLA, torch, XLA, torch, ...), each round the best of
-several calls; the summary is the median over rounds. The last stdout line is JSON:
-{"<shape>": {"xla_gflops": .., "torch_gflops": .., "ratio": xla / torch}, ...}.
+Each shape is timed three ways, interleaved: XLA with its default matmuls (YNNPACK/Eigen), XLA
+with oneDNN's (train.cpu_matmul=onednn, bigjax/xla_options.py), and torch.matmul; each round
+the best of several calls, the summary the median over rounds. The last stdout line is JSON:
+{"<shape>": {"xla_gflops": .., "xla_onednn_gflops": .., "torch_gflops": .., "ratio": xla / torch,
+"onednn_ratio": xla_onednn / torch}, ...}.
 """
 
 import argparse
@@ -29,13 +32,15 @@ from lm_vs_pytorch import set_threads  # noqa: E402
 
 TOKENS, D_MODEL, MLP, HEADS, HEAD_DIM, BLOCK, CONTEXT = 4096, 384, 1536, 96, 64, 128, 256
 
-# name: (lhs shape, rhs shape); a leading third axis is a batch of matmuls
+# name: (lhs shape, rhs shape, lhs transposed); a leading third axis is a batch of matmuls
 SHAPES = {
-    'mlp_up (4096x384 @ 384x1536)': ((TOKENS, D_MODEL), (D_MODEL, MLP)),
-    'mlp_down (4096x1536 @ 1536x384)': ((TOKENS, MLP), (MLP, D_MODEL)),
-    'projection (4096x384 @ 384x384)': ((TOKENS, D_MODEL), (D_MODEL, D_MODEL)),
-    'scores (96 x 128x64 @ 64x256)': ((HEADS, BLOCK, HEAD_DIM), (HEADS, HEAD_DIM, CONTEXT)),
-    'values (96 x 128x256 @ 256x64)': ((HEADS, BLOCK, CONTEXT), (HEADS, CONTEXT, HEAD_DIM)),
+    'mlp_up (4096x384 @ 384x1536)': ((TOKENS, D_MODEL), (D_MODEL, MLP), False),
+    'mlp_down (4096x1536 @ 1536x384)': ((TOKENS, MLP), (MLP, D_MODEL), False),
+    'projection (4096x384 @ 384x384)': ((TOKENS, D_MODEL), (D_MODEL, D_MODEL), False),
+    'qkv (4096x384 @ 384x1152)': ((TOKENS, D_MODEL), (D_MODEL, 3 * D_MODEL), False),
+    'mlp_up weight grad (4096x384)^T @ 4096x1536': ((TOKENS, D_MODEL), (TOKENS, MLP), True),
+    'scores (96 x 128x64 @ 64x256)': ((HEADS, BLOCK, HEAD_DIM), (HEADS, HEAD_DIM, CONTEXT), False),
+    'values (96 x 128x256 @ 256x64)': ((HEADS, BLOCK, CONTEXT), (HEADS, CONTEXT, HEAD_DIM), False),
 }
 
 
@@ -60,27 +65,38 @@ def main(argv=None) -> dict:
   import jax
   import jax.numpy as jnp
 
-  rng = np.random.default_rng(0)
-  xla_matmul = jax.jit(jnp.matmul)
+  from bigjax import xla_options
 
-  def matmul(lhs, rhs):
-    return xla_matmul(lhs, rhs).block_until_ready()
+  rng = np.random.default_rng(0)
   result = {}
-  for name, (lhs_shape, rhs_shape) in SHAPES.items():
+  for name, (lhs_shape, rhs_shape, transposed) in SHAPES.items():
+    def product(lhs, rhs, transposed=transposed):  # lhs^T: the contraction runs over lhs's rows
+      return (lhs.T if transposed else lhs) @ rhs
+    # XLA with its default matmuls (YNNPACK/Eigen), and with oneDNN's (train.cpu_matmul=onednn)
+    xla = {k: jax.jit(product, compiler_options=options)
+           for k, options in (('xla', {}), ('xla_onednn', xla_options.ONEDNN))}
+    contenders = {k: (lambda a, b, f=f: f(a, b).block_until_ready()) for k, f in xla.items()}
+    contenders['torch'] = product
     lhs, rhs = rng.random(lhs_shape, np.float32), rng.random(rhs_shape, np.float32)
     flops = 2 * np.prod(lhs_shape) * rhs_shape[-1]
     repeats = max(3, int(2e9 / flops))  # about 2 GFLOP a round
-    x_lhs, x_rhs = jnp.asarray(lhs), jnp.asarray(rhs)
-    t_lhs, t_rhs = torch.from_numpy(lhs), torch.from_numpy(rhs)
-    error = np.abs(np.asarray(matmul(x_lhs, x_rhs)) - torch.matmul(t_lhs, t_rhs).numpy()).max()
-    assert error < 1e-3 * lhs_shape[-1], (name, error)  # the same product, not just the same speed
-    rates = {'xla': [], 'torch': []}
+    inputs = {k: (jnp.asarray(lhs), jnp.asarray(rhs)) for k in xla}
+    inputs['torch'] = (torch.from_numpy(lhs), torch.from_numpy(rhs))
+    expected = product(*inputs['torch']).numpy()
+    for k in xla:  # the same product, not just the same speed
+      error = np.abs(np.asarray(contenders[k](*inputs[k])) - expected).max()
+      assert error < 1e-3 * lhs_shape[-1 - transposed], (name, k, error)
+    rates = {k: [] for k in contenders}
     for _ in range(args.rounds):
-      rates['xla'].append(flops / best_seconds(matmul, x_lhs, x_rhs, repeats))
-      rates['torch'].append(flops / best_seconds(torch.matmul, t_lhs, t_rhs, repeats))
-    xla, pt = (statistics.median(rates[k]) / 1e9 for k in ('xla', 'torch'))
-    result[name] = {'xla_gflops': round(xla, 1), 'torch_gflops': round(pt, 1), 'ratio': round(xla / pt, 3)}
-    print(f'{name:34s} XLA {xla:6.1f} GFLOP/s | torch {pt:6.1f} GFLOP/s | ratio {xla / pt:.2f}', flush=True)
+      for k, matmul in contenders.items():
+        rates[k].append(flops / best_seconds(matmul, *inputs[k], repeats))
+    gflops = {k: statistics.median(v) / 1e9 for k, v in rates.items()}
+    result[name] = {**{f'{k}_gflops': round(v, 1) for k, v in gflops.items()},
+                    'ratio': round(gflops['xla'] / gflops['torch'], 3),
+                    'onednn_ratio': round(gflops['xla_onednn'] / gflops['torch'], 3)}
+    print(f'{name:44s} ' + ' | '.join(f'{k} {v:6.1f}' for k, v in gflops.items())
+          + f' GFLOP/s | ratio {result[name]["ratio"]:.2f}, with oneDNN {result[name]["onednn_ratio"]:.2f}',
+          flush=True)
   print(json.dumps(result), flush=True)
   return result
 

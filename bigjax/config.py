@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   # A non-finite loss or gradient norm: stop (exit 3, the last good checkpoint kept) or skip
   # (that update is not applied; train lines count nonfinite_steps).
   c.train.on_nonfinite = 'stop'
+  # Which library runs the train step's matmuls on an x86 CPU: xla (YNNPACK/Eigen) or onednn
+  # (faster for Transformers, slower for the LSTM's tiny recurrent ones; bigjax/xla_options.py).
+  # Ignored on GPU and TPU.
+  c.train.cpu_matmul = 'xla'
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500  # a final checkpoint is always written too
@@ -123,7 +127,7 @@ def check_choice(section: ml_collections.ConfigDict, prefix: str, key: str, name
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field. Imports registries lazily."""
-  from bigjax import data, models, optim, tasks  # noqa: PLC0415 (keeps flag parsing light)
+  from bigjax import data, models, optim, tasks, xla_options  # noqa: PLC0415 (keeps flag parsing light)
 
   def need(ok, field, allowed):
     group, _, key = field.rpartition('.')
@@ -165,15 +169,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
            and set(r[1] if isinstance(r[1], tuple) else (r[1],)) <= axes for r in config.mesh.rules),
        'mesh.rules', "use (logical name, mesh axes) pairs; axes: 'data', 'fsdp', 'tensor', a tuple, or None")
   check_choice(config.train, 'train', 'on_nonfinite', ('stop', 'skip'))
+  check_choice(config.train, 'train', 'cpu_matmul', xla_options.CPU_MATMULS)
   check_choice(config.checkpoint, 'checkpoint', 'on_corrupt', ('fallback', 'fail'))
   check_choice(config.parallel, 'parallel', 'mode', ('auto', 'shard_map'))
   need(config.parallel.mode == 'auto' or config.mesh.tensor == 1, 'mesh.tensor',
        'parallel.mode=shard_map is data parallel only: use mesh.tensor=1, or parallel.mode=auto')
 
 
-# Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives.
+# Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives,
+# which library runs the CPU matmuls (the same math, rounded in another order).
 SAFE_CHANGES = ('train.steps', 'train.eval_every', 'train.log_every', 'train.peak_flops',
-                'train.on_nonfinite', 'checkpoint.every', 'checkpoint.keep', 'checkpoint.on_corrupt',
+                'train.on_nonfinite', 'train.cpu_matmul', 'checkpoint.every', 'checkpoint.keep',
+                'checkpoint.on_corrupt',
                 'checkpoint.init_from', 'checkpoint.allow_config_change', 'data.data_dir',
                 'debug.nan_at_step')
 

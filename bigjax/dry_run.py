@@ -24,7 +24,7 @@ def _per_device_bytes(abstract_tree) -> int:
 def report(config) -> dict:
   s = train.setup(config)
   with sharding.active(s.mesh, s.rules):
-    compiled = train.compile_train_step(s, config)
+    _, compiled = train.compile_train_step(s, config)
   memory = compiled.memory_analysis()
   state = s.abstract_state
   return {

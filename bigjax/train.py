@@ -19,7 +19,7 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers
+from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers, xla_options
 from bigjax.config import ConfigError, RunStopped
 from bigjax.data import pipeline
 
@@ -101,7 +101,7 @@ def setup(config, workdir: str | None = None) -> Setup:
   return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init)
 
 
-def make_train_step(s: Setup, config):
+def make_train_step(s: Setup, config, compiler_options=None):
   dropout_key = jax.random.split(jax.random.key(config.seed))[1]
   schedule = optim.learning_rate(config.optim, config.train.steps)
 
@@ -145,19 +145,21 @@ def make_train_step(s: Setup, config):
 
   batch = sharding.batch_sharding(s.mesh)
   return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
-                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
+                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0,
+                 compiler_options=compiler_options)
 
 
-def compile_train_step(s: Setup, config, train_step=None):
-  """The train step (make_train_step's, or the one given) compiled ahead of time for the global
-  batch's shapes and shardings. The compiled executable also reports XLA's memory and FLOP
-  analysis (--dry_run, MFU).
+def compile_train_step(s: Setup, config):
+  """(train_step, compiled): the train step, and its executable compiled ahead of time for
+  the global batch's shapes and shardings, which calls of those shapes reuse. The executable also
+  reports XLA's memory and FLOP analysis (--dry_run, MFU). train.cpu_matmul picks the CPU matmuls.
   """
   example = s.dataset.preprocess(s.dataset.splits['train'].read([0]))
   batch_sharding = sharding.batch_sharding(s.mesh)
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
-  return (train_step or make_train_step(s, config)).lower(s.abstract_state, batch).compile()
+  return xla_options.jit_and_compile(lambda options: make_train_step(s, config, options),
+                                     (s.abstract_state, batch), config.train.cpu_matmul)
 
 
 def _accumulate(grads_and_metrics, steps: int):
@@ -339,8 +341,8 @@ def _train_loop(s: Setup, config, state: TrainState, step: int, *, train_iter, m
   """Steps from `step` to train.steps with logs, evals and checkpoints; returns (state, last eval)."""
   # Compiled ahead for the full batch shape (FLOPs for MFU); calls of the same shape reuse
   # that executable, and bucketed batches of other lengths compile once each.
-  train_step = make_train_step(s, config)
-  rates = _throughput(s, config, compile_train_step(s, config, train_step))
+  train_step, compiled = compile_train_step(s, config)
+  rates = _throughput(s, config, compiled)
   progress = writers.Progress(config.train.steps, step)
   total, tc = config.train.steps, config.train
   stop_on_nonfinite = tc.on_nonfinite == 'stop'

@@ -1,0 +1,90 @@
+"""Compiling the train step with XLA options: oneDNN's matmuls on x86 CPUs (config.train.cpu_matmul).
+
+XLA:CPU hands its matmuls to YNNPACK or Eigen by default. Its experimental oneDNN fusion runs
+them with oneDNN instead, the library under PyTorch's CPU matmuls. At the LM benchmark's shapes
+(benchmarks/matmul_shapes.py, 2-core AVX-512 Xeon) that is 1.9-2.3x faster for the attention's
+small batched matmuls and 1.05-1.45x for the projections, the MLP and the weight gradients. The
+Transformer experiments' train steps gain 1.05-1.15x and set it; the LSTM's recurrence gains
+nothing measurable and keeps the default, as does everything else: the fusion is experimental
+in XLA, and one of its failures (below) kills the process.
+
+XLA 0.10's oneDNN fusion aborts the process ("partition compile failed", SIGILL) when it runs
+some fusions: several dots in one (the summed input gradients of matmuls that share an input,
+such as SwiGLU's gate and up), or elementwise work on a dot's input (a GELU's gradient feeding
+the next matmul's). The fusions that ran correctly here are one dot of the fusion's inputs,
+maybe followed by elementwise work on its result. `jit_and_compile` lets only those run: if the
+compiled program holds any other oneDNN fusion, it compiles again with XLA's default matmuls.
+"""
+
+import platform
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from absl import logging
+
+CPU_MATMULS = ('xla', 'onednn')
+ONEDNN = {'xla_cpu_use_onednn': True, 'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
+
+
+def onednn_applies(cpu_matmul: str) -> bool:
+  """oneDNN is asked for, the step runs on CPU, and jaxlib has oneDNN (its x86-64 builds)."""
+  return (cpu_matmul == 'onednn' and jax.default_backend() == 'cpu'
+          and platform.machine().lower() in ('x86_64', 'amd64'))
+
+
+def unsafe_onednn_fusions(hlo_text: str) -> list[str]:
+  """Names of the compiled program's oneDNN fusions that are not one dot of the fusion's inputs
+  followed by elementwise work on its result: the only kind this module lets run."""
+  fused = set(re.findall(r'onednn_fusion[\w.]* = .*?calls=(%[\w.-]+)', hlo_text))
+  computations = {c.split(' ', 1)[0]: c for c in re.split(r'\n(?=\S)', hlo_text)}  # each starts with its name
+  return sorted(name for name in fused if not _one_dot_of_inputs(computations[name]))
+
+
+def _one_dot_of_inputs(computation: str) -> bool:
+  params, after_dot = set(), set()  # names of the fusion's inputs; of the dot and what reads it
+  for line in computation.splitlines()[1:]:
+    if ' = ' not in line:
+      continue
+    match = re.match(r'\s*(?:ROOT )?(%[\w.-]+) = (?:\([^)]*\)|\S+) ([\w-]+)\(([^)]*)\)', line)
+    if not match:
+      return False
+    name, op, operands = match[1], match[2], set(re.findall(r'%[\w.-]+', match[3]))
+    if op == 'parameter':
+      params.add(name)
+    elif op == 'dot' and not after_dot and operands <= params:
+      after_dot.add(name)
+    elif operands & after_dot and operands <= params | after_dot:
+      after_dot.add(name)
+    else:  # a second dot, work on a dot's input, or anything else
+      return False
+  return bool(after_dot)
+
+
+def jit_and_compile(make_jitted: Callable[[dict], Any], args: tuple, cpu_matmul: str):
+  """(step, compiled): a function that computes what make_jitted(compiler_options) does, and its
+  executable compiled for `args`. Where `onednn_applies`, every input shape the step meets is
+  compiled with oneDNN's matmuls, checked, and compiled again without them if a fusion is unsafe
+  (XLA fuses differently at different shapes, as for bucketed batch lengths).
+  """
+  if not onednn_applies(cpu_matmul):
+    jitted = make_jitted({})
+    return jitted, jitted.lower(*args).compile()
+  onednn, default, executables = make_jitted(ONEDNN), make_jitted({}), {}
+
+  def compiled_for(*call_args):
+    key = tuple((x.shape, x.dtype) for x in jax.tree.leaves(call_args))
+    if key not in executables:
+      compiled = onednn.lower(*call_args).compile()
+      unsafe = unsafe_onednn_fusions(compiled.as_text())
+      if unsafe:
+        logging.warning('train.cpu_matmul=onednn: XLA made %d oneDNN fusion(s) of a kind it may not run '
+                        "(%s); compiling with XLA's own matmuls instead.", len(unsafe), unsafe[0])
+        compiled = default.lower(*call_args).compile()
+      executables[key] = compiled
+    return executables[key]
+
+  def step(*call_args):
+    return compiled_for(*call_args)(*call_args)
+  return step, compiled_for(*args)

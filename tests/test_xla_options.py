@@ -1,0 +1,101 @@
+"""train.cpu_matmul=onednn: oneDNN's matmuls on x86 CPUs, and the guard against the oneDNN fusions
+that XLA 0.10 cannot run (they abort the process)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_lm import _batches, _tiny_lm_config
+
+from bigjax import sharding, train, xla_options
+
+pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
+                                reason="oneDNN's matmuls are for x86-64 CPUs only")
+
+
+def _args(rows=64):
+  rng = np.random.default_rng(rows)
+  shapes = ((rows, 16), (16, 24), (16, 24))  # x, w1, w2
+  return tuple(jnp.asarray(rng.standard_normal(shape, dtype=np.float32)) for shape in shapes)
+
+
+def _shared_input_grad(x, w1, w2):
+  """x's gradient through two matmuls of x: XLA fuses the two dots and their sum for oneDNN."""
+  return jax.grad(lambda x: jnp.sum(jnp.tanh(x @ w1) * (x @ w2)))(x)
+
+
+def _mlp(x, w1, w2):
+  return jnp.tanh(x @ w1) @ w2.T
+
+
+def _mlp_grad(x, w1, w2):
+  """A GELU MLP's gradients: XLA fuses the GELU's gradient into the next matmul's input."""
+  return jax.grad(lambda x, w1, w2: jnp.sum(jax.nn.gelu(x @ w1) @ w2.T), argnums=(0, 1, 2))(x, w1, w2)
+
+
+def _jit_and_compile(fn, cpu_matmul):
+  make = lambda options: jax.jit(fn, compiler_options=options)  # noqa: E731
+  return xla_options.jit_and_compile(make, _args(), cpu_matmul)
+
+
+@pytest.mark.parametrize('fn', [_shared_input_grad, _mlp_grad], ids=['two_dots_in_one', 'gelu_into_a_dot'])
+def test_unsafe_fusions_are_found_and_compiled_without_onednn_at_every_shape(fn):
+  unsafe = jax.jit(fn, compiler_options=xla_options.ONEDNN).lower(*_args()).compile()
+  assert xla_options.unsafe_onednn_fusions(unsafe.as_text())  # never run: it would abort pytest
+  step, compiled = _jit_and_compile(fn, 'onednn')
+  assert 'onednn_fusion' not in compiled.as_text()
+  for rows in (64, 48):  # 48: a shape compiled at its first call, through the same check
+    for got, expected in zip(jax.tree.leaves(step(*_args(rows))), jax.tree.leaves(jax.jit(fn)(*_args(rows))),
+                             strict=True):
+      np.testing.assert_array_equal(got, expected)
+
+
+def test_single_dot_fusions_keep_onednn_and_the_numbers():
+  step, compiled = _jit_and_compile(_mlp, 'onednn')
+  hlo = compiled.as_text()
+  assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
+  np.testing.assert_allclose(step(*_args()), jax.jit(_mlp)(*_args()), rtol=1e-5, atol=1e-5)
+  assert 'onednn_fusion' not in _jit_and_compile(_mlp, 'xla')[1].as_text()
+
+
+def _train(config, batches):
+  """Losses and final params of the train step that bigjax.main runs (compile_train_step's)."""
+  s = train.setup(config)
+  with sharding.active(s.mesh, s.rules):
+    step, compiled = train.compile_train_step(s, config)
+    state, losses = s.init(), []
+    for batch in batches:
+      state, metrics = step(state, sharding.shard_batch(batch, s.mesh))
+      losses.append(float(metrics['loss']))
+  return compiled.as_text(), losses, jax.device_get(state.params)
+
+
+def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir):
+  configs = {cm: _tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
+  batches = _batches(configs['xla'], 3)
+  hlo, losses, params = _train(configs['onednn'], batches)
+  # Every matmul of the step, query/key/value fused into one, is oneDNN's: nothing fell back.
+  assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
+  _, xla_losses, xla_params = _train(configs['xla'], batches)
+  np.testing.assert_allclose(losses, xla_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  _, again_losses, again = _train(configs['onednn'], batches)
+  assert again_losses == losses
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_swiglu_lm_falls_back_to_xla_matmuls(data_dir):
+  """SwiGLU's gate and up read the same input: their summed input gradients would be one
+  multi-dot oneDNN fusion, so the step compiles without oneDNN, the same as cpu_matmul=xla."""
+  configs = {cm: _tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
+  for c in configs.values():
+    c.model.mlp = 'swiglu'
+  batches = _batches(configs['xla'], 2)
+  hlo, losses, params = _train(configs['onednn'], batches)
+  assert 'onednn_fusion' not in hlo
+  _, xla_losses, xla_params = _train(configs['xla'], batches)
+  assert losses == xla_losses
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
+    np.testing.assert_array_equal(a, b)
