@@ -98,8 +98,13 @@ def _heads_major_attention(q, k, v, mask):
   q = (q * h ** -0.5).reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, H)
   scores = jnp.einsum('bkgth,bksh->bkgts', q, k, preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(jnp.where(mask[:, :, None], scores, -1e30), axis=-1).astype(v.dtype)
-  out = jnp.einsum('bkgts,bksh->bkgth', probs, v)  # (B, K, G, T, H)
+  scores = jnp.where(mask[:, :, None], scores, -1e30)
+  # The softmax, normalized after the values matmul (as flash attention does): the division, and
+  # in backward the softmax's row sum, run over head_dim-wide rows instead of key-length ones
+  # (the LM benchmark's step: 1.06x). The max only keeps exp in range: no gradient through it.
+  weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+  out = jnp.einsum('bkgts,bksh->bkgth', weights.astype(v.dtype), v)  # (B, K, G, T, H)
+  out = out / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
