@@ -15,9 +15,10 @@ weight decay 0.1, no clipping, constant lr). Both sides train on the same random
 
 B and C start from A's initial weights, and the script first checks that A and B give the same
 logits on one batch, so the comparison is between one model. Runs are interleaved A B (C) A B (C) ...,
-each round timing --steps_per_round steps after compilation and --warmup_steps untimed steps; the summary is
-the median over rounds. The last stdout line is JSON:
-  {"bigjax_tokens_per_s": ..., "pytorch_tokens_per_s": ..., "ratio": bigjax / pytorch, ...}
+each round timing --steps_per_round steps after compilation and --warmup_steps untimed steps. The
+summary: each contender's median rate, and `ratio`, the median of the rounds' bigjax / pytorch
+ratios (`ratio_of_median_rates` beside it). The last stdout line is JSON:
+  {"bigjax_tokens_per_s": ..., "pytorch_tokens_per_s": ..., "ratio": ..., "ratio_of_median_rates": ..., ...}
 """
 
 import argparse
@@ -270,6 +271,13 @@ class Batches:
     return [{'inputs': w[:, :-1].copy(), 'targets': w[:, 1:].copy()} for w in windows]
 
 
+def median_ratio(rates: list, reference_rates: list) -> float:
+  """The median of the rounds' ratios. Each round's ratio compares two runs seconds apart, so it
+  survives the machine's speed drifting between rounds, which a ratio of the two medians does not:
+  those can come from rounds of different speeds (e.g. 1.35 against 1.9 s a PyTorch step, one run)."""
+  return statistics.median(a / b for a, b in zip(rates, reference_rates, strict=True))
+
+
 def timed(runner, batches) -> tuple[float, float]:
   start = time.perf_counter()
   loss = runner.run(batches)
@@ -348,7 +356,8 @@ def main(argv=None) -> dict:
   median = {name: statistics.median(values) for name, values in rates.items()}
   result = {'bigjax_tokens_per_s': round(median['bigjax'], 2),
             'pytorch_tokens_per_s': round(median['pytorch'], 2),
-            'ratio': round(median['bigjax'] / median['pytorch'], 4)}
+            'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
+            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4)}
   if args.compile:
     result['pytorch_compile_tokens_per_s'] = round(median['pytorch_compile'], 2)
   # Model FLOPs (6 per parameter per token, plus attention), the same count for every contender.

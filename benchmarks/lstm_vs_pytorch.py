@@ -17,9 +17,10 @@ final hidden state, cross-entropy, Adam(lr 1e-3), batch 64, sequence length 256,
 B starts from A's initial weights (the script checks that both give the same logits), and both
 train on the same random token batches (ids 1..9999; 0, the pad id, never occurs), so their
 per-round losses should agree. Runs are interleaved A B A B ..., each round timing
---steps_per_round steps after --warmup_steps untimed ones; the summary is the median over rounds.
-The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...},
-plus "floor_steps_per_s" and "floor_ratio" (floor / pytorch) with --floor.
+--steps_per_round steps after --warmup_steps untimed ones. The summary: each contender's median
+rate, and `ratio`, the median of the rounds' bigjax / pytorch ratios (lm_vs_pytorch.median_ratio).
+The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...,
+"ratio_of_median_rates": ...}, plus "floor_steps_per_s" and "floor_ratio" (floor / pytorch) with --floor.
 """
 
 import argparse
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lm_vs_pytorch import set_threads  # noqa: E402  the same threads for both, before jax
+from lm_vs_pytorch import median_ratio, set_threads  # noqa: E402  the same threads for both, before jax
 
 VOCAB, EMBED, HIDDEN, CLASSES, BATCH, LENGTH, LR = 10000, 100, 200, 2, 64, 256, 1e-3
 
@@ -217,10 +218,11 @@ def main(argv=None) -> dict:
   median = {name: statistics.median(values) for name, values in rates.items()}
   result = {'bigjax_steps_per_s': round(median['bigjax'], 4),
             'pytorch_steps_per_s': round(median['pytorch'], 4),
-            'ratio': round(median['bigjax'] / median['pytorch'], 4)}
+            'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
+            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4)}
   if args.floor:
     result.update(floor_steps_per_s=round(median['floor'], 4),
-                  floor_ratio=round(median['floor'] / median['pytorch'], 4))
+                  floor_ratio=round(median_ratio(rates['floor'], rates['pytorch']), 4))
   result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
                 threads=args.threads, loadavg_start=round(load_start[0], 2),
                 loadavg_end=round(load_end[0], 2))
