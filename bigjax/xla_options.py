@@ -4,9 +4,10 @@ XLA:CPU hands its matmuls to YNNPACK or Eigen by default. Its experimental oneDN
 them with oneDNN instead, the library under PyTorch's CPU matmuls. At the LM benchmark's shapes
 (benchmarks/matmul_shapes.py, 2-core AVX-512 Xeon) that is 1.9-2.3x faster for the attention's
 small batched matmuls and 1.05-1.45x for the projections, the MLP and the weight gradients. The
-Transformer experiments' train steps gain 1.05-1.15x and set it; the LSTM's recurrence gains
-nothing measurable and keeps the default, as does everything else: the fusion is experimental
-in XLA, and one of its failures (below) kills the process.
+Transformer experiments' train steps gain 1.05-1.15x and set it. The LSTM's, 512 small
+recurrent matmuls in a row, runs 1.14x slower at the tutorial's shapes (benchmarks/
+lstm_vs_pytorch.py) and keeps the default, as does everything else: the fusion is experimental in
+XLA, and its failures (below) kill the process.
 
 XLA 0.10's oneDNN fusion aborts the process ("partition compile failed", SIGILL) when it runs
 some fusions: several dots in one (the summed input gradients of matmuls that share an input,
