@@ -10,11 +10,12 @@ xz -9: 1.787) in 8 min 35 s; on a 2-core AVX-512 Xeon with train.cpu_matmul=oned
 
 Variants. Memory is --dry_run on 8 simulated CPU devices with --config.mesh.data=1
 --config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`;
-measured 2026-11-29):
+measured 2026-11-29; tiny and small re-measured with train.cpu_matmul=onednn, the others fall
+back to XLA's matmuls on CPU, see bigjax/xla_options.py):
   name   shape                                  params   params+opt_state   temp (activations)
-  tiny   4 x 128, 4 heads, SentencePiece 2,048,    1.05 M      1.6 MB            44 MB
+  tiny   4 x 128, 4 heads, SentencePiece 2,048,    1.05 M      1.6 MB            42 MB
          context 128, batch 32
-  small  6 x 384, 6 heads, bytes, context 256,    10.7 M      16 MB            185 MB
+  small  6 x 384, 6 heads, bytes, context 256,    10.7 M      16 MB            176 MB
          batch 16 (the benchmark shape)
   124m   12 x 768, 12 heads, SentencePiece 32k,  110 M       165 MB            21.7 GB
          context 1024, batch 256 (GPT-2 small)
