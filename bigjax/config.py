@@ -180,9 +180,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # which library runs the CPU matmuls (the same math, rounded in another order).
 SAFE_CHANGES = ('train.steps', 'train.eval_every', 'train.log_every', 'train.peak_flops',
                 'train.on_nonfinite', 'train.cpu_matmul', 'checkpoint.every', 'checkpoint.keep',
-                'checkpoint.on_corrupt',
-                'checkpoint.init_from', 'checkpoint.allow_config_change', 'data.data_dir',
-                'debug.nan_at_step')
+                'checkpoint.on_corrupt', 'checkpoint.init_from', 'checkpoint.allow_config_change',
+                'data.data_dir', 'debug.nan_at_step')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
