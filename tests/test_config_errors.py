@@ -24,8 +24,9 @@ from helpers import REPO, load_script, run_main
      'config.model.max_length=100 is invalid: learned positions need one per token'),
     (['--config=experiments/imdb_lstm.py:offline', '--config.model.vocab_size=5', '--config.data.seq_len=32',
       '--config.data.data_dir={data_dir}'], 'config.model.vocab_size=5 is invalid: leave it 0'),
+    (['--config.train.cpu_matmul=mkl'], "config.train.cpu_matmul='mkl' is invalid: choose one of onednn"),
 ], ids=['optimizer', 'steps', 'unknown_field', 'wrong_type', 'dataset', 'mesh', 'unprepared', 'tokenizer',
-        'seq_len', 'max_length', 'vocab_size'])
+        'seq_len', 'max_length', 'vocab_size', 'cpu_matmul'])
 def test_bad_override_exits_2_and_writes_nothing(args, expected, tmp_path, data_dir):
   workdir = tmp_path / 'run'
   config = [a for a in args if a.startswith('--config=')] or ['--config=experiments/digits_mlp.py']
