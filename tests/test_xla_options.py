@@ -1,13 +1,16 @@
 """train.cpu_matmul=onednn: oneDNN's matmuls on x86 CPUs, and the guard against the oneDNN fusions
 that XLA 0.10 cannot run (they abort the process)."""
 
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_lm import _batches, _tiny_lm_config
 
-from bigjax import sharding, train, xla_options
+from bigjax import checkpoint, sharding, train, xla_options
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
                                 reason="oneDNN's matmuls are for x86-64 CPUs only")
@@ -99,3 +102,25 @@ def test_a_swiglu_lm_falls_back_to_xla_matmuls(data_dir):
   assert losses == xla_losses
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path):
+  config = _tiny_lm_config(data_dir, cpu_matmul='onednn', steps=12, eval_every=0, log_every=4)
+  config.checkpoint.update({'every': 4, 'keep': 5})
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  train.train_and_evaluate(config, a)
+  train.train_and_evaluate(config, b)
+  for step in ('8', '12'):  # b died just before step 8's checkpoint
+    shutil.rmtree(os.path.join(b, 'checkpoints', step))
+  train.train_and_evaluate(config, b)
+  s = train.setup(config)
+  states = []
+  for workdir in (a, b):
+    with jax.set_mesh(s.mesh):
+      mngr = checkpoint.manager(workdir, config.checkpoint)
+      state, step = checkpoint.restore(mngr, s.abstract_state)
+      mngr.close()
+    assert step == 12
+    states.append(jax.device_get(state))
+  for x, y in zip(*(jax.tree.leaves(state) for state in states), strict=True):
+    np.testing.assert_array_equal(x, y)
