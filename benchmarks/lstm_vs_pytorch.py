@@ -20,7 +20,8 @@ per-round losses should agree. Runs are interleaved A B A B ..., each round timi
 --steps_per_round steps after --warmup_steps untimed ones. The summary: each contender's median
 rate, and `ratio`, the median of the rounds' bigjax / pytorch ratios (lm_vs_pytorch.median_ratio).
 The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...,
-"ratio_of_median_rates": ...}, plus "floor_steps_per_s" and "floor_ratio" (floor / pytorch) with --floor.
+"ratio_of_median_rates": ...}, plus "floor_steps_per_s" and "floor_ratio" (the median of the rounds'
+floor / pytorch) with --floor.
 """
 
 import argparse

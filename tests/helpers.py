@@ -21,6 +21,20 @@ def load_script(path: str):
   return module
 
 
+def final_state(config, workdir):
+  """The state of workdir's newest checkpoint, on the host; it must be the run's last step."""
+  import jax  # noqa: PLC0415  (helpers also serve tests that never import jax)
+
+  from bigjax import checkpoint, train  # noqa: PLC0415
+  s = train.setup(config)
+  with jax.set_mesh(s.mesh):
+    mngr = checkpoint.manager(workdir, config.checkpoint)
+    state, step = checkpoint.restore(mngr, s.abstract_state)
+    mngr.close()
+  assert step == config.train.steps
+  return jax.device_get(state)
+
+
 def overridden(config, **fields):
   """config with `section__key=value` fields set in place (a `--config.section.key` flag's
   in-process twin); returns it."""

@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, train, writers
+from bigjax import train, writers
 from bigjax.config import base_config
-from helpers import RATES, overridden, read_metrics
+from helpers import RATES, final_state, overridden, read_metrics
 
 
 def _config(data_dir, **overrides):
@@ -61,16 +61,6 @@ def test_eval_mode_reproduces_the_final_test_metrics(short_run, capsys):
   assert [(p['step'], p['split']) for p in printed] == [(200, 'eval'), (200, 'test')]
 
 
-def _final_state(config, workdir):
-  s = train.setup(config)
-  with jax.set_mesh(s.mesh):
-    mngr = checkpoint.manager(workdir, config.checkpoint)
-    state, step = checkpoint.restore(mngr, s.abstract_state)
-    mngr.close()
-  assert step == config.train.steps
-  return jax.device_get(state)
-
-
 @pytest.mark.parametrize('model', ['mlp', pytest.param('resnet', marks=pytest.mark.slow)])  # resnet: 21 s
 def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
   overrides = {'train__steps': 60, 'checkpoint__every': 20, 'train__eval_every': 30, 'train__log_every': 10}
@@ -87,7 +77,7 @@ def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
   for step in ('40', '60'):
     shutil.rmtree(os.path.join(b, 'checkpoints', step))
   train.train_and_evaluate(config, b)
-  state_a, state_b = _final_state(config, a), _final_state(config, b)
+  state_a, state_b = final_state(config, a), final_state(config, b)
   for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(x, y)
   if model == 'resnet':

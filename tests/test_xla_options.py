@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from test_lm import _batches, _tiny_lm_config
 
-from bigjax import checkpoint, sharding, train, xla_options
+from bigjax import sharding, train, xla_options
+from helpers import final_state
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
                                 reason="oneDNN's matmuls are for x86-64 CPUs only")
@@ -113,14 +114,6 @@ def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_
   for step in ('8', '12'):  # b died just before step 8's checkpoint
     shutil.rmtree(os.path.join(b, 'checkpoints', step))
   train.train_and_evaluate(config, b)
-  s = train.setup(config)
-  states = []
-  for workdir in (a, b):
-    with jax.set_mesh(s.mesh):
-      mngr = checkpoint.manager(workdir, config.checkpoint)
-      state, step = checkpoint.restore(mngr, s.abstract_state)
-      mngr.close()
-    assert step == 12
-    states.append(jax.device_get(state))
-  for x, y in zip(*(jax.tree.leaves(state) for state in states), strict=True):
+  uninterrupted, resumed = final_state(config, a), final_state(config, b)
+  for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(x, y)
