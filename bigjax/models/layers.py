@@ -1,7 +1,5 @@
 """Small building blocks shared by the model files: annotated layers, activations."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ ACTIVATIONS = {
 
 
 def token_matmul(x, w, precision=None, preferred_element_type=None):
-  """x (..., d_in) @ w (d_in, ...): every leading axis of x merged into one token axis first.
+  """x (..., d_in) @ w (d_in, d_out): every leading axis of x merged into one token axis first.
 
   Same math, same bits as a 3-D dot, but faster on CPU: autodiff of a (batch, length, d_in) dot
   gives a weight-gradient dot with both operands transposed, which XLA:CPU runs on its slow
@@ -24,32 +22,9 @@ def token_matmul(x, w, precision=None, preferred_element_type=None):
   is a plain GEMM (1.5x faster for a Transformer MLP here). Leading axes are major, so a batch
   sharded over the mesh stays sharded through the reshape.
   """
-  y = _matmul_2d(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1), precision, preferred_element_type)
+  y = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())), precision=precision,
+                          preferred_element_type=preferred_element_type)
   return y.reshape(x.shape[:-1] + w.shape[1:])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul_2d(x, w, precision, preferred_element_type):
-  return jax.lax.dot_general(x, w, (((1,), (0,)), ((), ())), precision=precision,
-                             preferred_element_type=preferred_element_type)
-
-
-def _matmul_2d_fwd(x, w, precision, preferred_element_type):
-  return _matmul_2d(x, w, precision, preferred_element_type), (x, w)
-
-
-def _matmul_2d_bwd(precision, preferred_element_type, residuals, g):
-  """The gradients autodiff gives, but the weight's written as x^T g, in w's own layout. Autodiff
-  writes (g^T x)^T; where w's gradient is then reshaped and sliced (the attention's query, key
-  and value kernels, concatenated), XLA:CPU computes g^T x and copies g transposed first: 19 MB
-  a layer at the LM benchmark's shape, 1.05x on the attention's forward and backward."""
-  x, w = residuals
-  dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=x.dtype)
-  dw = jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=w.dtype)
-  return dx, dw
-
-
-_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
 
 
 def token_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
