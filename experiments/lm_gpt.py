@@ -10,8 +10,8 @@ xz -9: 1.787) in 8 min 35 s; on a 2-core AVX-512 Xeon with train.cpu_matmul=oned
 
 Variants. Memory is --dry_run on 8 simulated CPU devices with --config.mesh.data=1
 --config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`;
-measured 2026-11-29; tiny and small re-measured with train.cpu_matmul=onednn, the others fall
-back to XLA's matmuls on CPU, see bigjax/xla_options.py):
+measured 2026-11-29 with train.cpu_matmul=onednn, which the SwiGLU variants no longer fall back
+from since gate and up became one matmul):
   name   shape                                  params   params+opt_state   temp (activations)
   tiny   4 x 128, 4 heads, SentencePiece 2,048,    1.05 M      1.6 MB            42 MB
          context 128, batch 32
@@ -20,7 +20,7 @@ back to XLA's matmuls on CPU, see bigjax/xla_options.py):
   124m   12 x 768, 12 heads, SentencePiece 32k,  110 M       165 MB            21.7 GB
          context 1024, batch 256 (GPT-2 small)
   350m   24 x 1024, 16 heads, context 1024       336 M       503 MB            42.8 GB
-  1b     24 x 2048, 16 heads, context 2048      1.28 B       1.9 GB            160 GB: use
+  1b     24 x 2048, 16 heads, context 2048      1.28 B       1.9 GB            162 GB: use
          train.grad_accum (or more devices) to fit 80 GB accelerators
 The 124m and larger use SwiGLU, RMSNorm, z-loss, remat (dots_no_batch) and scanned layers.
 """

@@ -103,6 +103,23 @@ def test_causal_query_blocks_change_no_number():
   assert not np.allclose(logits[1][valid], logits[1][valid][::-1], atol=1e-3)  # the logits say something
 
 
+@pytest.mark.parametrize('mlp', ['gelu', 'swiglu'])
+def test_remat_policies_recompute_only_what_they_say(mlp):
+  """'dots' keeps every matmul's output, 'dots_no_batch' all but the attention's batched ones
+  (scores and values, two query blocks: 4 a layer): counted as dot_generals in the gradient's
+  program (scanned layers: one layer's body). A matmul hidden from the policy, as behind a
+  custom_vjp, would be computed again in backward and counted."""
+  tokens = jnp.ones((2, 16), jnp.int32)
+  params = _init(_lm(mlp=mlp), tokens)
+
+  def dots(remat):
+    loss = lambda p: jnp.sum(_lm(mlp=mlp, remat=remat).apply({'params': p}, tokens))  # noqa: E731
+    return str(jax.make_jaxpr(jax.grad(loss))(params)).count('dot_general')
+  assert dots('dots') == dots('none')
+  assert dots('dots_no_batch') == dots('none') + 4
+  assert dots('full') > dots('dots_no_batch')
+
+
 @pytest.mark.parametrize('kv_heads', [4, 2, 1], ids=['multi_head', 'grouped', 'multi_query'])
 def test_cpu_attention_equals_dot_product_attention(kv_heads):
   """The heads-major attention used on CPU, values and gradients, against jax.nn.dot_product_attention:

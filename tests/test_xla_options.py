@@ -90,19 +90,19 @@ def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir):
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_swiglu_lm_falls_back_to_xla_matmuls(data_dir):
-  """SwiGLU's gate and up read the same input: their summed input gradients would be one
-  multi-dot oneDNN fusion, so the step compiles without oneDNN, the same as cpu_matmul=xla."""
+def test_a_swiglu_lm_keeps_onednn(data_dir):
+  """SwiGLU's gate and up read the same input. As two matmuls their summed input gradients
+  would be a multi-dot oneDNN fusion and the step would fall back; Mlp fuses them into one."""
   configs = {cm: _tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
   for c in configs.values():
     c.model.mlp = 'swiglu'
   batches = _batches(configs['xla'], 2)
   hlo, losses, params = _train(configs['onednn'], batches)
-  assert 'onednn_fusion' not in hlo
+  assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
   _, xla_losses, xla_params = _train(configs['xla'], batches)
-  assert losses == xla_losses
+  np.testing.assert_allclose(losses, xla_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, atol=1e-4)  # Adam scales a near-zero gradient's rounding up
 
 
 def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path):

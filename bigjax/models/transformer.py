@@ -178,14 +178,28 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     linear = functools.partial(nn.Dense, dtype=self.dtype, use_bias=False, dot_general=token_dot_general)
-    up = linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x)
     if self.kind == 'swiglu':
-      gate = linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='gate')(x)
+      # Gate and up in one matmul, as Attention's query/key/value: one input-gradient dot in
+      # backward, which XLA:CPU's oneDNN fusion can run (two summed cannot; bigjax/xla_options.py).
+      # Interleaved per hidden unit, so the `mlp` axis, sharded over `tensor`, stays whole.
+      kernels = [_Kernel((x.shape[-1], self.hidden), ('embed', 'mlp'), name=name)() for name in ('gate', 'up')]
+      gate, up = jnp.moveaxis(token_matmul(x.astype(self.dtype), jnp.stack(kernels, axis=-1).astype(self.dtype)), -1, 0)
       h = nn.silu(gate) * up
     else:
-      h = ACTIVATIONS['gelu'](up)
+      h = ACTIVATIONS['gelu'](linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x))
     h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
     return linear(x.shape[-1], kernel_init=_init(('mlp', 'embed')), name='down')(h)
+
+
+class _Kernel(nn.Module):
+  """nn.Dense's `kernel` alone, for a layer that fuses several Dense layers into one matmul:
+  the parameter tree stays nn.Dense's."""
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', _init(self.axes), self.shape)
 
 
 class Block(nn.Module):
