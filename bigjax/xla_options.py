@@ -12,9 +12,10 @@ XLA, and its failures (below) kill the process.
 XLA 0.10's oneDNN fusion aborts the process ("partition compile failed", SIGILL) when it runs
 some fusions: several dots in one (the summed input gradients of matmuls that share an input,
 which is why the Transformer fuses query/key/value, and SwiGLU's gate/up, into one matmul each),
-or elementwise work on a dot's input (a GELU's gradient feeding the next matmul's). The fusions that ran correctly here are one dot of the fusion's inputs,
-maybe followed by elementwise work on its result. `jit_and_compile` lets only those run: if the
-compiled program holds any other oneDNN fusion, it compiles again with XLA's default matmuls.
+or elementwise work on a dot's input (a GELU's gradient feeding the next matmul's). The fusions
+that ran correctly here are one dot of the fusion's inputs, maybe followed by elementwise work on
+its result. `jit_and_compile` lets only those run: if the compiled program holds any other oneDNN
+fusion, it compiles again with XLA's default matmuls.
 """
 
 import platform

@@ -254,17 +254,19 @@ import json, sys
 sys.path.insert(0, 'tests')
 import test_lm
 config = test_lm._tiny_lm_config(sys.argv[1])
+config.model.mlp = sys.argv[5]
 config.mesh.data, config.mesh.fsdp, config.mesh.tensor = [int(x) for x in sys.argv[2:5]]
 losses, params = test_lm._train_steps(config, test_lm._batches(config, 3))
 print(json.dumps(losses))
 '''
 
 
-def test_sharded_loss_equals_the_one_device_loss(data_dir):
+@pytest.mark.parametrize('mlp', ['gelu', 'swiglu'])  # swiglu: gate and up fused, `mlp` axis split
+def test_sharded_loss_equals_the_one_device_loss(data_dir, mlp):
   def losses(devices, mesh):
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
            'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}' if devices > 1 else ''}
-    result = subprocess.run([sys.executable, '-c', SHARDED_LOSSES, data_dir, *map(str, mesh)], cwd=REPO,
+    result = subprocess.run([sys.executable, '-c', SHARDED_LOSSES, data_dir, *map(str, mesh), mlp], cwd=REPO,
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])

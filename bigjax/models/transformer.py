@@ -182,8 +182,9 @@ class Mlp(nn.Module):
       # Gate and up in one matmul, as Attention's query/key/value: one input-gradient dot in
       # backward, which XLA:CPU's oneDNN fusion can run (two summed cannot; bigjax/xla_options.py).
       # Interleaved per hidden unit, so the `mlp` axis, sharded over `tensor`, stays whole.
-      kernels = [_Kernel((x.shape[-1], self.hidden), ('embed', 'mlp'), name=name)() for name in ('gate', 'up')]
-      gate, up = jnp.moveaxis(token_matmul(x.astype(self.dtype), jnp.stack(kernels, axis=-1).astype(self.dtype)), -1, 0)
+      kernels = [_Kernel((x.shape[-1], self.hidden), ('embed', 'mlp'), name=n)() for n in ('gate', 'up')]
+      w = jnp.stack(kernels, axis=-1).astype(self.dtype)  # (embed, mlp, 2)
+      gate, up = jnp.moveaxis(token_matmul(x.astype(self.dtype), w), -1, 0)
       h = nn.silu(gate) * up
     else:
       h = ACTIVATIONS['gelu'](linear(self.hidden, kernel_init=_init(('embed', 'mlp')), name='up')(x))
