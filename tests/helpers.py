@@ -35,6 +35,29 @@ def final_state(config, workdir):
   return jax.device_get(state)
 
 
+def tiny_lm_config(data_dir, **train_fields):
+  """lm_gpt:tiny cut to a 2-layer, 32-wide byte-level model that trains 3 steps in seconds."""
+  from experiments import lm_gpt  # noqa: PLC0415
+  c = lm_gpt.get_config('tiny')
+  c.data.data_dir = data_dir
+  c.data.seq_len = 32
+  c.data.tokenizer = 'byte'
+  c.model.update({'num_layers': 2, 'd_model': 32, 'num_heads': 4})
+  c.train.update({'batch_size': 8, 'steps': 3, 'log_every': 1, **train_fields})
+  c.optim.warmup_steps = 0
+  return c
+
+
+def lm_batches(config, n):
+  """The first n train batches of config's dataset, preprocessed, on the host."""
+  import numpy as np  # noqa: PLC0415
+
+  from bigjax import data  # noqa: PLC0415
+  dataset = data.load(config.data)
+  rows = np.arange(n * config.train.batch_size).reshape(n, -1)
+  return [dataset.preprocess(dataset.splits['train'].read(r)) for r in rows]
+
+
 def overridden(config, **fields):
   """config with `section__key=value` fields set in place (a `--config.section.key` flag's
   in-process twin); returns it."""

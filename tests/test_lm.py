@@ -20,8 +20,7 @@ from bigjax import data, decode, sharding, tasks, train
 from bigjax.data import pipeline, tokenizers
 from bigjax.models import transformer
 from bigjax.models.transformer import TransformerLM, rope
-from experiments import lm_gpt
-from helpers import REPO, read_metrics, run_main
+from helpers import REPO, lm_batches, read_metrics, run_main, tiny_lm_config
 
 TEXT = 'def f(x):\n    return "héllo wörld" + str(x)  # ünïcode ✓\n'
 
@@ -203,17 +202,6 @@ def test_lm_task_metrics_on_known_logits():
 
 
 
-def _tiny_lm_config(data_dir, **train_fields):
-  c = lm_gpt.get_config('tiny')
-  c.data.data_dir = data_dir
-  c.data.seq_len = 32
-  c.data.tokenizer = 'byte'
-  c.model.update({'num_layers': 2, 'd_model': 32, 'num_heads': 4})
-  c.train.update({'batch_size': 8, 'steps': 3, 'log_every': 1, **train_fields})
-  c.optim.warmup_steps = 0
-  return c
-
-
 def _train_steps(config, batches):
   s = train.setup(config)
   with sharding.active(s.mesh, s.rules):
@@ -225,16 +213,10 @@ def _train_steps(config, batches):
   return losses, jax.device_get(state.params)
 
 
-def _batches(config, n):
-  dataset = data.load(config.data)
-  rows = np.arange(n * config.train.batch_size).reshape(n, -1)
-  return [dataset.preprocess(dataset.splits['train'].read(r)) for r in rows]
-
-
 def test_gradient_accumulation_equals_one_big_batch(data_dir):
-  whole = _tiny_lm_config(data_dir)
-  micro = _tiny_lm_config(data_dir, grad_accum=4)  # 4 micro-batches of 2
-  batches = _batches(whole, 3)
+  whole = tiny_lm_config(data_dir)
+  micro = tiny_lm_config(data_dir, grad_accum=4)  # 4 micro-batches of 2
+  batches = lm_batches(whole, 3)
   (losses_whole, params_whole), (losses_micro, params_micro) = _train_steps(whole, batches), _train_steps(
       micro, batches)
   np.testing.assert_allclose(losses_micro, losses_whole, rtol=1e-5)
@@ -243,20 +225,20 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir):
 
 
 def test_a_two_layer_model_overfits_one_batch(data_dir):
-  config = _tiny_lm_config(data_dir, steps=150)
+  config = tiny_lm_config(data_dir, steps=150)
   config.optim.update({'lr': 3e-3, 'schedule': 'constant', 'weight_decay': 0.0})
-  losses, _ = _train_steps(config, _batches(config, 1) * 150)
+  losses, _ = _train_steps(config, lm_batches(config, 1) * 150)
   assert losses[0] > 4.0 and losses[-1] < 0.1, (losses[0], losses[-1])  # from ln 259 to memorized
 
 
 SHARDED_LOSSES = '''
 import json, sys
 sys.path.insert(0, 'tests')
-import test_lm
-config = test_lm._tiny_lm_config(sys.argv[1])
+import helpers, test_lm
+config = helpers.tiny_lm_config(sys.argv[1])
 config.model.mlp = sys.argv[5]
 config.mesh.data, config.mesh.fsdp, config.mesh.tensor = [int(x) for x in sys.argv[2:5]]
-losses, params = test_lm._train_steps(config, test_lm._batches(config, 3))
+losses, params = test_lm._train_steps(config, helpers.lm_batches(config, 3))
 print(json.dumps(losses))
 '''
 
@@ -276,7 +258,7 @@ def test_sharded_loss_equals_the_one_device_loss(data_dir, mlp):
 
 @pytest.mark.parametrize('name', ['lm1b', 'tiny_shakespeare'])
 def test_tfds_text_datasets_through_the_same_code(name, tmp_path):
-  config = _tiny_lm_config(str(tmp_path))
+  config = tiny_lm_config(str(tmp_path))
   config.data.name = name
   with tfds.testing.mock_data(num_examples=20):
     dataset = data.load(config.data)

@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_lm import _batches, _tiny_lm_config
 
 from bigjax import sharding, train, xla_options
-from helpers import final_state
+from helpers import final_state, lm_batches, tiny_lm_config
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
                                 reason="oneDNN's matmuls are for x86-64 CPUs only")
@@ -75,8 +74,8 @@ def _train(config, batches):
 
 
 def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir):
-  configs = {cm: _tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
-  batches = _batches(configs['xla'], 3)
+  configs = {cm: tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
+  batches = lm_batches(configs['xla'], 3)
   hlo, losses, params = _train(configs['onednn'], batches)
   # Every matmul of the step, query/key/value fused into one, is oneDNN's: nothing fell back.
   assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
@@ -93,10 +92,10 @@ def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir):
 def test_a_swiglu_lm_keeps_onednn(data_dir):
   """SwiGLU's gate and up read the same input. As two matmuls their summed input gradients
   would be a multi-dot oneDNN fusion and the step would fall back; Mlp fuses them into one."""
-  configs = {cm: _tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
+  configs = {cm: tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
   for c in configs.values():
     c.model.mlp = 'swiglu'
-  batches = _batches(configs['xla'], 2)
+  batches = lm_batches(configs['xla'], 2)
   hlo, losses, params = _train(configs['onednn'], batches)
   assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
   _, xla_losses, xla_params = _train(configs['xla'], batches)
@@ -106,7 +105,7 @@ def test_a_swiglu_lm_keeps_onednn(data_dir):
 
 
 def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path):
-  config = _tiny_lm_config(data_dir, cpu_matmul='onednn', steps=12, eval_every=0, log_every=4)
+  config = tiny_lm_config(data_dir, cpu_matmul='onednn', steps=12, eval_every=0, log_every=4)
   config.checkpoint.update({'every': 4, 'keep': 5})
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
   train.train_and_evaluate(config, a)
