@@ -54,7 +54,7 @@ def bigjax_parts(x, g):
   from bigjax.models import transformer
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
   valid = jnp.ones((B, T), bool)
-  norm = lambda name: transformer._norm('layernorm', jnp.float32, name)  # noqa: E731
+  norm = lambda name: transformer.NORMS['layernorm'](dtype=jnp.float32, name=name)  # noqa: E731
 
   class AttentionPart(nn.Module):
     @nn.compact
@@ -96,21 +96,12 @@ def bigjax_parts(x, g):
 def pytorch_parts(x, g):
   import torch
   import torch.nn.functional as F
-  block = reference.Block(D, HEADS, 4 * D, eps=1e-6)
-  half = D // HEADS // 2
-  angles = torch.arange(T, dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(half) / half)
-  cos, sin = angles.cos(), angles.sin()
-
-  def attention(x):
-    h = block.attention_norm(x)
-    heads = lambda projection: projection(h).view(B, T, HEADS, -1).transpose(1, 2)  # noqa: E731
-    q, k = reference.rope(heads(block.query), cos, sin), reference.rope(heads(block.key), cos, sin)
-    attended = F.scaled_dot_product_attention(q, k, heads(block.value), is_causal=True)
-    return x + block.out(attended.transpose(1, 2).reshape(B, T, D))
-
+  gpt = reference.GPT(vocab=2, num_layers=1, d_model=D, num_heads=HEADS, mlp_hidden=4 * D, max_length=T,
+                      pad_id=0)  # for its block and RoPE tables
+  block, cos, sin = gpt.blocks[0], gpt.cos, gpt.sin
   functions = {
-      'attention': attention,
-      'mlp': lambda x: x + block.down(F.gelu(block.up(block.mlp_norm(x)), approximate='tanh')),
+      'attention': lambda x: block.attention_residual(x, cos, sin),
+      'mlp': block.mlp_residual,
       'layernorm': block.mlp_norm,
       'block': lambda x: block(x, cos, sin),
   }

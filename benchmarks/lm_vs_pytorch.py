@@ -163,6 +163,10 @@ class Block(nn.Module):
     self.down = nn.Linear(mlp_hidden, d_model, bias=False)
 
   def forward(self, x, cos, sin):
+    return self.mlp_residual(self.attention_residual(x, cos, sin))
+
+  def attention_residual(self, x, cos, sin):
+    """x + attention(norm(x)): the block's first half (benchmarks/lm_parts.py times it alone)."""
     b, t, d = x.shape
     h = self.attention_norm(x)
 
@@ -171,7 +175,9 @@ class Block(nn.Module):
 
     q, k, v = rope(heads(self.query), cos, sin), rope(heads(self.key), cos, sin), heads(self.value)
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(head_dim), as jax's
-    x = x + self.out(attended.transpose(1, 2).reshape(b, t, d))
+    return x + self.out(attended.transpose(1, 2).reshape(b, t, d))
+
+  def mlp_residual(self, x):
     # flax's nn.gelu is the tanh approximation by default.
     return x + self.down(F.gelu(self.up(self.mlp_norm(x)), approximate='tanh'))
 
