@@ -43,7 +43,8 @@ def tiny_lm_config(data_dir, **train_fields):
   c.data.seq_len = 32
   c.data.tokenizer = 'byte'
   c.model.update({'num_layers': 2, 'd_model': 32, 'num_heads': 4})
-  c.train.update({'batch_size': 8, 'steps': 3, 'log_every': 1, **train_fields})
+  # XLA's own matmuls unless a test asks for oneDNN's (test_xla_options compares the two).
+  c.train.update({'batch_size': 8, 'steps': 3, 'log_every': 1, 'cpu_matmul': 'xla', **train_fields})
   c.optim.warmup_steps = 0
   return c
 
@@ -56,6 +57,22 @@ def lm_batches(config, n):
   dataset = data.load(config.data)
   rows = np.arange(n * config.train.batch_size).reshape(n, -1)
   return [dataset.preprocess(dataset.splits['train'].read(r)) for r in rows]
+
+
+def train_steps(config, batches):
+  """(losses, final params on the host, compiled program text) of the train step bigjax.main runs
+  (train.compile_train_step's, with config.train.cpu_matmul's matmuls), one step per host batch."""
+  import jax  # noqa: PLC0415
+
+  from bigjax import sharding, train  # noqa: PLC0415
+  s = train.setup(config)
+  with sharding.active(s.mesh, s.rules):
+    step, compiled = train.compile_train_step(s, config)
+    state, losses = s.init(), []
+    for batch in batches:
+      state, metrics = step(state, sharding.shard_batch(batch, s.mesh))
+      losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state.params), compiled.as_text()
 
 
 def overridden(config, **fields):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax import data, decode, sharding, tasks, train
+from bigjax import data, decode, tasks
 from bigjax.data import pipeline, tokenizers
 from bigjax.models import transformer
 from bigjax.models.transformer import TransformerLM, rope
-from helpers import REPO, lm_batches, read_metrics, run_main, tiny_lm_config
+from helpers import REPO, lm_batches, read_metrics, run_main, tiny_lm_config, train_steps
 
 TEXT = 'def f(x):\n    return "héllo wörld" + str(x)  # ünïcode ✓\n'
 
@@ -202,23 +202,12 @@ def test_lm_task_metrics_on_known_logits():
 
 
 
-def _train_steps(config, batches):
-  s = train.setup(config)
-  with sharding.active(s.mesh, s.rules):
-    step, state = train.make_train_step(s, config), s.init()
-    losses = []
-    for batch in batches:
-      state, metrics = step(state, sharding.shard_batch(batch, s.mesh))
-      losses.append(float(metrics['loss']))
-  return losses, jax.device_get(state.params)
-
-
 def test_gradient_accumulation_equals_one_big_batch(data_dir):
   whole = tiny_lm_config(data_dir)
   micro = tiny_lm_config(data_dir, grad_accum=4)  # 4 micro-batches of 2
   batches = lm_batches(whole, 3)
-  (losses_whole, params_whole), (losses_micro, params_micro) = _train_steps(whole, batches), _train_steps(
-      micro, batches)
+  (losses_whole, params_whole, _), (losses_micro, params_micro, _) = (train_steps(whole, batches),
+                                                                      train_steps(micro, batches))
   np.testing.assert_allclose(losses_micro, losses_whole, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params_whole), jax.tree.leaves(params_micro), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -227,18 +216,18 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir):
 def test_a_two_layer_model_overfits_one_batch(data_dir):
   config = tiny_lm_config(data_dir, steps=150)
   config.optim.update({'lr': 3e-3, 'schedule': 'constant', 'weight_decay': 0.0})
-  losses, _ = _train_steps(config, lm_batches(config, 1) * 150)
+  losses, _, _ = train_steps(config, lm_batches(config, 1) * 150)
   assert losses[0] > 4.0 and losses[-1] < 0.1, (losses[0], losses[-1])  # from ln 259 to memorized
 
 
 SHARDED_LOSSES = '''
 import json, sys
 sys.path.insert(0, 'tests')
-import helpers, test_lm
+import helpers
 config = helpers.tiny_lm_config(sys.argv[1])
 config.model.mlp = sys.argv[5]
 config.mesh.data, config.mesh.fsdp, config.mesh.tensor = [int(x) for x in sys.argv[2:5]]
-losses, params = test_lm._train_steps(config, helpers.lm_batches(config, 3))
+losses, _, _ = helpers.train_steps(config, helpers.lm_batches(config, 3))
 print(json.dumps(losses))
 '''
 

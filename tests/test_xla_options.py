@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import sharding, train, xla_options
-from helpers import final_state, lm_batches, tiny_lm_config
+from bigjax import train, xla_options
+from helpers import final_state, lm_batches, tiny_lm_config, train_steps
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
                                 reason="oneDNN's matmuls are for x86-64 CPUs only")
@@ -61,18 +61,6 @@ def test_single_dot_fusions_keep_onednn_and_the_numbers():
   assert 'onednn_fusion' not in _jit_and_compile(_mlp, 'xla')[1].as_text()
 
 
-def _train(config, batches):
-  """Losses and final params of the train step that bigjax.main runs (compile_train_step's)."""
-  s = train.setup(config)
-  with sharding.active(s.mesh, s.rules):
-    step, compiled = train.compile_train_step(s, config)
-    state, losses = s.init(), []
-    for batch in batches:
-      state, metrics = step(state, sharding.shard_batch(batch, s.mesh))
-      losses.append(float(metrics['loss']))
-  return compiled.as_text(), losses, jax.device_get(state.params)
-
-
 @pytest.mark.parametrize('mlp, atol', [('gelu', 1e-5), ('swiglu', 1e-4)])
 def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, atol):
   """Every matmul of the step is oneDNN's, nothing fell back: query/key/value, and SwiGLU's gate
@@ -82,13 +70,13 @@ def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, at
   for c in configs.values():
     c.model.mlp = mlp
   batches = lm_batches(configs['xla'], 3)
-  hlo, losses, params = _train(configs['onednn'], batches)
+  losses, params, hlo = train_steps(configs['onednn'], batches)
   assert 'onednn_fusion' in hlo and not xla_options.unsafe_onednn_fusions(hlo)
-  _, xla_losses, xla_params = _train(configs['xla'], batches)
+  xla_losses, xla_params, _ = train_steps(configs['xla'], batches)
   np.testing.assert_allclose(losses, xla_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
     np.testing.assert_allclose(a, b, atol=atol)
-  _, again_losses, again = _train(configs['onednn'], batches)
+  again_losses, again, _ = train_steps(configs['onednn'], batches)
   assert again_losses == losses
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
     np.testing.assert_array_equal(a, b)
