@@ -1,12 +1,20 @@
-"""XLA:CPU's matmuls against PyTorch's at the LM benchmark's shapes: what limits lm_vs_pytorch.py.
+"""XLA:CPU's matmuls against PyTorch's at the LM and LSTM benchmarks' shapes: what limits them.
 
-  python benchmarks/matmul_shapes.py [--rounds 7] [--threads N]
+  python benchmarks/matmul_shapes.py [--model lm|lstm] [--rounds 7] [--threads N]
 
 The shapes of one layer of experiments/lm_gpt.py:small at batch 16, context 256 (4,096 tokens,
 d_model 384, 6 heads of 64): the MLP's and the attention projections' plain 2-D GEMMs, one weight
 gradient (its contraction over the 4,096 tokens), and the attention's batched matmuls (16 x 6 =
 96 of them) for the second of two query blocks, as bigjax's CPU attention runs them
 (heads-major: scores = q k^T, out = p v). float32, random inputs.
+
+--model lstm: every matmul of one lstm_vs_pytorch.py train step (batch 64, length 256, embedding
+100, hidden 200): the input projection of all steps and its two gradients, the recurrent weight
+gradient over all steps, and the 256 forward and 256 backward recurrent matmuls of 64 rows each.
+It adds up each shape's time times its count per step: what a step made of separate matmul calls
+(a lax.scan, or any loop over a BLAS) costs with nothing else in it, for each contender and the
+fastest per shape. Its JSON also holds "step": {"xla_ms", "xla_onednn_ms", "torch_ms", "best_ms",
+"best_steps_per_s"}.
 
 Each shape is timed three ways, interleaved: XLA with its default matmuls (YNNPACK/Eigen), XLA
 with oneDNN's (train.cpu_matmul=onednn, bigjax/xla_options.py), and torch.matmul; each round
@@ -43,6 +51,17 @@ SHAPES = {
     'values (96 x 128x256 @ 256x64)': ((HEADS, BLOCK, CONTEXT), (HEADS, CONTEXT, HEAD_DIM), False),
 }
 
+ROWS, LENGTH, EMBED, GATES, HIDDEN = 64 * 256, 256, 100, 800, 200  # lstm_vs_pytorch.py's step
+# name: (lhs shape, rhs shape, lhs transposed, calls per train step)
+LSTM_SHAPES = {
+    'input projection (16384x100 @ 100x800)': ((ROWS, EMBED), (EMBED, GATES), False, 1),
+    'its weight grad (16384x100)^T @ 16384x800': ((ROWS, EMBED), (ROWS, GATES), True, 1),
+    'its input grad (16384x800 @ 800x100)': ((ROWS, GATES), (GATES, EMBED), False, 1),
+    'recurrent weight grad (16384x200)^T @ 16384x800': ((ROWS, HIDDEN), (ROWS, GATES), True, 1),
+    'recurrent step (64x200 @ 200x800)': ((64, HIDDEN), (HIDDEN, GATES), False, LENGTH),
+    'recurrent step backward (64x800 @ 800x200)': ((64, GATES), (GATES, HIDDEN), False, LENGTH),
+}
+
 
 def best_seconds(matmul, lhs, rhs, repeats: int) -> float:
   matmul(lhs, rhs)  # warm: compiled, caches and thread pools up
@@ -58,6 +77,8 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--rounds', type=int, default=7, help='interleaved rounds; the summary is their median')
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='compute threads for both')
+  parser.add_argument('--model', choices=('lm', 'lstm'), default='lm',
+                      help="whose shapes: the LM's or the LSTM's")
   args = parser.parse_args(argv)
   if min(args.rounds, args.threads) < 1:
     parser.error('--rounds and --threads must be >= 1')
@@ -68,8 +89,9 @@ def main(argv=None) -> dict:
   from bigjax import xla_options
 
   rng = np.random.default_rng(0)
-  result = {}
-  for name, (lhs_shape, rhs_shape, transposed) in SHAPES.items():
+  shapes = LSTM_SHAPES if args.model == 'lstm' else {k: (*v, 0) for k, v in SHAPES.items()}
+  result, step_seconds = {}, {}  # contender (and 'best', the fastest per shape): seconds a train step
+  for name, (lhs_shape, rhs_shape, transposed, per_step) in shapes.items():
     def product(lhs, rhs, transposed=transposed):  # lhs^T: the contraction runs over lhs's rows
       return (lhs.T if transposed else lhs) @ rhs
     # XLA with its default matmuls (YNNPACK/Eigen), and with oneDNN's (train.cpu_matmul=onednn)
@@ -97,6 +119,15 @@ def main(argv=None) -> dict:
     print(f'{name:44s} ' + ' | '.join(f'{k} {v:6.1f}' for k, v in gflops.items())
           + f' GFLOP/s | ratio {result[name]["ratio"]:.2f}, with oneDNN {result[name]["onednn_ratio"]:.2f}',
           flush=True)
+    seconds = {k: flops / 1e9 / v for k, v in gflops.items()}
+    for k, v in {**seconds, 'best': min(seconds.values())}.items():
+      step_seconds[k] = step_seconds.get(k, 0.0) + per_step * v
+  if args.model == 'lstm':
+    step = result['step'] = {f'{k}_ms': round(v * 1e3, 1) for k, v in step_seconds.items()}
+    step['best_steps_per_s'] = round(1 / step_seconds['best'], 3)
+    each = ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in step_seconds.items() if k != 'best')
+    print(f"one train step's matmuls alone: {each}; the fastest per shape {step['best_ms']:.0f} ms, "
+          f"{step['best_steps_per_s']} steps/s", flush=True)
   print(json.dumps(result), flush=True)
   return result
 
