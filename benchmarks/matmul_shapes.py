@@ -89,6 +89,7 @@ def main(argv=None) -> dict:
   from bigjax import xla_options
 
   rng = np.random.default_rng(0)
+  # The LM's shapes are one layer's, not a whole train step's: count 0, no step total.
   shapes = LSTM_SHAPES if args.model == 'lstm' else {k: (*v, 0) for k, v in SHAPES.items()}
   result, step_seconds = {}, {}  # contender (and 'best', the fastest per shape): seconds a train step
   for name, (lhs_shape, rhs_shape, transposed, per_step) in shapes.items():
@@ -116,13 +117,14 @@ def main(argv=None) -> dict:
     result[name] = {**{f'{k}_gflops': round(v, 1) for k, v in gflops.items()},
                     'ratio': round(gflops['xla'] / gflops['torch'], 3),
                     'onednn_ratio': round(gflops['xla_onednn'] / gflops['torch'], 3)}
-    print(f'{name:44s} ' + ' | '.join(f'{k} {v:6.1f}' for k, v in gflops.items())
+    print(f'{name:48s} ' + ' | '.join(f'{k} {v:6.1f}' for k, v in gflops.items())
           + f' GFLOP/s | ratio {result[name]["ratio"]:.2f}, with oneDNN {result[name]["onednn_ratio"]:.2f}',
           flush=True)
-    seconds = {k: flops / 1e9 / v for k, v in gflops.items()}
-    for k, v in {**seconds, 'best': min(seconds.values())}.items():
-      step_seconds[k] = step_seconds.get(k, 0.0) + per_step * v
-  if args.model == 'lstm':
+    if per_step:
+      seconds = {k: flops / 1e9 / v for k, v in gflops.items()}
+      for k, v in {**seconds, 'best': min(seconds.values())}.items():
+        step_seconds[k] = step_seconds.get(k, 0.0) + per_step * v
+  if step_seconds:
     step = result['step'] = {f'{k}_ms': round(v * 1e3, 1) for k, v in step_seconds.items()}
     step['best_steps_per_s'] = round(1 / step_seconds['best'], 3)
     each = ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in step_seconds.items() if k != 'best')
