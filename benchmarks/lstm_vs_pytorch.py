@@ -1,18 +1,17 @@
 """bigjax's LSTM text classifier train step against the tutorial's PyTorch model, on CPU (issue #5).
 
-  python benchmarks/lstm_vs_pytorch.py [--rounds 5] [--steps_per_round 5] [--threads N]
+  python benchmarks/lstm_vs_pytorch.py [--rounds 5] [--steps_per_round 5] [--threads N] [--scan]
 
 The tutorial's model: Embedding(10000, 100) -> LSTM(100, 200, batch_first) -> Linear(200, 2) on the
 final hidden state, cross-entropy, Adam(lr 1e-3), batch 64, sequence length 256, float32.
 
   A  bigjax: LSTMClassifier(2, vocab_size=10000, embed_dim=100, hidden=200, pooling='last'), optax
      adam(1e-3), softmax cross-entropy, one jax.jit step with params and optimizer state donated.
+     On CPU its LSTM layer runs in C++ (bigjax/models/lstm_cpu.cc).
   B  PyTorch, eager: the tutorial's model, torch.optim.Adam.
 
-  C  (--floor) not an LSTM: A with the recurrence cut down to its sequential matmuls alone
-     (h_t = (z_t + h_{t-1} @ W)[:, :H] forward, dh_{t-1} = [dh]*4 @ W^T backward, one (H, B*T) @
-     (B*T, 4H) weight-gradient matmul), no gate arithmetic. It bounds what any lax.scan LSTM can
-     reach here: the loop and XLA:CPU's matmuls are all it keeps. Its loss is not comparable.
+  C  (--scan) A with cpu_kernel=False: the same layer as XLA's lax.scan, what runs where the C++
+     kernel cannot be built. Same weights and batches, so its losses match A's.
 
 B starts from A's initial weights (the script checks that both give the same logits), and both
 train on the same random token batches (ids 1..9999; 0, the pad id, never occurs), so their
@@ -20,8 +19,8 @@ per-round losses should agree. Runs are interleaved A B A B ..., each round timi
 --steps_per_round steps after --warmup_steps untimed ones. The summary: each contender's median
 rate, and `ratio`, the median of the rounds' bigjax / pytorch ratios (lm_vs_pytorch.median_ratio).
 The last stdout line is JSON: {"bigjax_steps_per_s": ..., "pytorch_steps_per_s": ..., "ratio": ...,
-"ratio_of_median_rates": ...}, plus "floor_steps_per_s" and "floor_ratio" (the median of the rounds'
-floor / pytorch) with --floor.
+"ratio_of_median_rates": ...}, plus "scan_steps_per_s" and "scan_ratio" (the median of the rounds'
+scan / pytorch) with --scan.
 """
 
 import argparse
@@ -53,8 +52,8 @@ def parse_args(argv=None):
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
                       help='intra-op threads for both XLA and PyTorch (default: all cores)')
   parser.add_argument('--seed', type=int, default=0, help='seed of the weights and the random batches')
-  parser.add_argument('--floor', action='store_true',
-                      help='also time a matmul-only recurrence (not an LSTM): bounds any lax.scan LSTM')
+  parser.add_argument('--scan', action='store_true',
+                      help="also time bigjax's XLA scan LSTM (cpu_kernel=False), the C++ kernel's fallback")
   args = parser.parse_args(argv)
   if min(args.rounds, args.steps_per_round, args.warmup_steps, args.threads) < 1:
     parser.error('--rounds, --steps_per_round, --warmup_steps and --threads must be >= 1')
@@ -62,18 +61,15 @@ def parse_args(argv=None):
 
 
 class Bigjax:
-  def __init__(self, seed: int, recurrence=None):
-    """recurrence: a stand-in for bigjax.models.lstm._recurrence, compiled into this runner's step."""
-    from unittest import mock
-
+  def __init__(self, seed: int, cpu_kernel: bool = True):
     import flax.linen as fnn
     import jax
     import optax
 
-    from bigjax.models import lstm
     from bigjax.models.lstm import LSTMClassifier
     self.jax = jax
-    self.model = LSTMClassifier(CLASSES, vocab_size=VOCAB, embed_dim=EMBED, hidden=HIDDEN, pooling='last')
+    self.model = LSTMClassifier(CLASSES, vocab_size=VOCAB, embed_dim=EMBED, hidden=HIDDEN, pooling='last',
+                                cpu_kernel=cpu_kernel)
     variables = self.model.init(jax.random.key(seed), np.zeros((BATCH, LENGTH), np.int32))
     self.params = fnn.meta.unbox(variables['params'])
     optimizer = optax.adam(LR)
@@ -87,10 +83,8 @@ class Bigjax:
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
-    # Compiled here, ahead of time, so a stand-in recurrence is the one traced into this step only.
-    with mock.patch.object(lstm, '_recurrence', recurrence or lstm._recurrence):
-      self.step = step.lower(self.params, self.opt_state, np.zeros((BATCH, LENGTH), np.int32),
-                             np.zeros(BATCH, np.int32)).compile()
+    self.step = step.lower(self.params, self.opt_state, np.zeros((BATCH, LENGTH), np.int32),
+                           np.zeros(BATCH, np.int32)).compile()
 
   def logits(self, tokens):
     return np.asarray(self.jax.jit(self.model.apply)({'params': self.params}, tokens))
@@ -99,34 +93,6 @@ class Bigjax:
     for tokens, labels in batches:
       self.params, self.opt_state, loss = self.step(self.params, self.opt_state, tokens, labels)
     return float(loss)  # waits for the last step
-
-
-def matmul_only_recurrence(from_inputs, valid, w, reverse):
-  """--floor's stand-in for lstm._recurrence, same signature and shapes; not an LSTM (see C above)."""
-  import jax
-
-  hidden = w.shape[0]
-
-  def forward(z, w):
-    def step(h, z_t):
-      h = (z_t + h @ w)[:, :hidden]
-      return h, h
-    last, states = jax.lax.scan(step, jax.numpy.zeros((z.shape[1], hidden), z.dtype), z, reverse=reverse)
-    return (states, last), (states, w)
-
-  def backward(residuals, cotangents):
-    (states, w), (d_states, d_last) = residuals, cotangents
-
-    def step(dh, d_out):
-      d_pre = jax.numpy.concatenate([dh + d_out] * 4, axis=-1)
-      return d_pre @ w.T, d_pre
-    _, d_pre = jax.lax.scan(step, d_last, d_states, reverse=not reverse)
-    return d_pre, jax.lax.dot_general(states.reshape(-1, hidden), d_pre.reshape(-1, 4 * hidden),
-                                      (((0,), (0,)), ((), ())))
-
-  run = jax.custom_vjp(lambda z, w: forward(z, w)[0])
-  run.defvjp(forward, backward)
-  return run(from_inputs, w)
 
 
 class Tutorial(nn.Module):
@@ -194,8 +160,8 @@ def main(argv=None) -> dict:
   if error > 1e-4:
     raise SystemExit('bigjax and the PyTorch model disagree: they are not the same model')
   contenders = {'bigjax': a, 'pytorch': Torch(model)}
-  if args.floor:
-    contenders['floor'] = Bigjax(args.seed, recurrence=matmul_only_recurrence)
+  if args.scan:
+    contenders['scan'] = Bigjax(args.seed, cpu_kernel=False)
   warmup = take(args.warmup_steps)
   for name, runner in contenders.items():  # to steady state (bigjax compiled in its constructor)
     t = time.perf_counter()
@@ -221,9 +187,9 @@ def main(argv=None) -> dict:
             'pytorch_steps_per_s': round(median['pytorch'], 4),
             'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
             'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4)}
-  if args.floor:
-    result.update(floor_steps_per_s=round(median['floor'], 4),
-                  floor_ratio=round(median_ratio(rates['floor'], rates['pytorch']), 4))
+  if args.scan:
+    result.update(scan_steps_per_s=round(median['scan'], 4),
+                  scan_ratio=round(median_ratio(rates['scan'], rates['pytorch']), 4))
   result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
                 threads=args.threads, loadavg_start=round(load_start[0], 2),
                 loadavg_end=round(load_end[0], 2))

@@ -158,8 +158,12 @@ def _reference_lstm(params, x, valid, reverse):
   return states.swapaxes(0, 1), last
 
 
+KERNELS = pytest.mark.parametrize('cpu_kernel', [True, False], ids=['cpp', 'scan'])
+
+
+@KERNELS
 @pytest.mark.parametrize('reverse', [False, True], ids=['forward', 'backward'])
-def test_the_lstm_gradient_is_autodiffs_of_the_plain_scan(reverse):
+def test_the_lstm_gradient_is_autodiffs_of_the_plain_scan(reverse, cpu_kernel):
   """Padding in the middle, at the start and at the end of sequences; loss on every state and the last."""
   keys = jax.random.split(jax.random.key(4), 4)
   x = jax.random.normal(keys[0], (4, 11, 5))
@@ -167,7 +171,7 @@ def test_the_lstm_gradient_is_autodiffs_of_the_plain_scan(reverse):
                      [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],   # padded at the start
                      [1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0],   # ...and at the end
                      [0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0]], bool)  # both ends and a gap
-  model = LSTM(6, reverse=reverse)
+  model = LSTM(6, reverse=reverse, cpu_kernel=cpu_kernel)
   params = nn.meta.unbox(model.init(keys[1], x, valid)['params'])
   state_weights, last_weights = jax.random.normal(keys[2], (4, 11, 6)), jax.random.normal(keys[3], (4, 6))
 
@@ -185,12 +189,13 @@ def test_the_lstm_gradient_is_autodiffs_of_the_plain_scan(reverse):
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves((value, grads)), jax.tree.leaves(again)))
 
 
-def test_a_two_layer_bidirectional_lstm_gradient_is_autodiffs_of_the_plain_scan():
+@KERNELS
+def test_a_two_layer_bidirectional_lstm_gradient_is_autodiffs_of_the_plain_scan(cpu_kernel):
   """LSTMClassifier's stacking written out: both directions read x, the next layer their concatenation."""
   keys = jax.random.split(jax.random.key(5), 6)
   x = jax.random.normal(keys[0], (3, 10, 5))
   valid = jnp.ones((3, 10), bool).at[0, 6:].set(False).at[1, :3].set(False).at[2, 4:6].set(False)
-  layers = [(LSTM(6), LSTM(6, reverse=True)), (LSTM(4), LSTM(4, reverse=True))]
+  layers = [tuple(LSTM(width, reverse, cpu_kernel) for reverse in (False, True)) for width in (6, 4)]
   inits = zip(layers, (keys[1:3], keys[3:5]), (5, 12))  # (modules, keys, input width) per layer
   params = [tuple(nn.meta.unbox(m.init(k, jnp.zeros((3, 10, width)), valid)['params'])
                   for m, k in zip(pair, ks)) for pair, ks, width in inits]
@@ -209,3 +214,50 @@ def test_a_two_layer_bidirectional_lstm_gradient_is_autodiffs_of_the_plain_scan(
   for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()),
                                err_msg=jax.tree_util.keystr(path))
+
+
+def _lstm_step_hlo(cpu_kernel):
+  model = LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, cpu_kernel=cpu_kernel)
+  tokens = jnp.ones((2, 5), jnp.int32)
+  params = _init(model, tokens)
+  grad = jax.jit(jax.grad(lambda p: model.apply({'params': p}, tokens).sum()))
+  return grad.lower(params).compile().as_text()
+
+
+def test_on_cpu_the_lstm_runs_the_cpp_kernel_unless_told_not_to():
+  """A silent fall-back to the scan (the C++ not built, not registered) would fail here."""
+  assert jax.default_backend() == 'cpu'
+  with_kernel, without = _lstm_step_hlo(True), _lstm_step_hlo(False)
+  assert 'BigjaxLstmForward' in with_kernel and 'BigjaxLstmBackward' in with_kernel
+  assert 'BigjaxLstmForward' not in without and 'while' in without
+
+
+def test_the_kernel_gives_a_row_the_same_bits_whatever_else_is_in_the_batch():
+  """Threads split the batch, so a row's states and input gradient must not depend on the split."""
+  keys = jax.random.split(jax.random.key(6), 3)
+  x = jax.random.normal(keys[0], (19, 9, 5))
+  valid = jax.random.bernoulli(keys[1], 0.8, (19, 9))
+  model = LSTM(20)  # 4H = 80: a partial register strip
+  params = nn.meta.unbox(model.init(keys[2], x, valid)['params'])
+
+  @jax.jit
+  def states_and_input_grad(x, valid):
+    states, last = model.apply({'params': params}, x, valid)
+    return states, last, jax.grad(lambda x: jnp.sum(jnp.sin(model.apply({'params': params}, x, valid)[0])))(x)
+
+  whole = states_and_input_grad(x, valid)
+  for rows in (slice(3, 4), slice(0, 8), slice(5, 19)):
+    part = states_and_input_grad(x[rows], valid[rows])
+    for got, want in zip(part, whole):
+      np.testing.assert_array_equal(got, want[rows])
+
+
+def test_without_a_compiler_the_kernel_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):
+  from bigjax.models import lstm, native
+  monkeypatch.setenv('BIGJAX_CACHE_DIR', str(tmp_path))  # nothing cached: it must build
+  monkeypatch.setenv('PATH', str(tmp_path))  # and finds no g++
+  assert native.load.__wrapped__('lstm_cpu', lstm._KERNELS) is False
+  assert 'could not be built' in caplog.text and list(tmp_path.iterdir()) == []
+  # The model then traces the scan, whatever cpu_kernel says.
+  monkeypatch.setattr(native, 'load', lambda *_: False)
+  assert 'BigjaxLstmForward' not in _lstm_step_hlo(True)

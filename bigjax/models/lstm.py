@@ -8,7 +8,9 @@ mean or max over real tokens. Padding therefore never changes a prediction.
 Speed: the input projection of every time step is one (B*T, E) @ (E, 4H) matmul before the
 recurrence, so each of the T sequential steps does only h @ W_h and the gate arithmetic; the
 recurrence has a hand-written backward pass (custom_vjp, tested against autodiff) that leaves the
-recurrent kernel's gradient to one matmul after the loop. benchmarks/lstm_vs_pytorch.py measures it.
+recurrent kernel's gradient to one matmul after the loop. On CPU the recurrence itself runs in C++
+(lstm_cpu.cc, an XLA FFI call compiled on first use) unless `cpu_kernel=False`; elsewhere, and
+where it cannot be built, a lax.scan computes the same. benchmarks/lstm_vs_pytorch.py measures it.
 """
 
 import functools
@@ -17,7 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.models import native
 from bigjax.models.layers import dense, masked_pool, token_matmul
+
+_KERNELS = ('BigjaxLstmForward', 'BigjaxLstmBackward')  # lstm_cpu.cc's FFI handlers
 
 
 def _gate_scale(hidden, dtype):
@@ -32,13 +37,15 @@ def _activate(pre, hidden):
   return jnp.tanh(pre * scale) * scale + (1 - scale)
 
 
-def _recurrence_forward(from_inputs, valid, w, reverse):
-  hidden = w.shape[0]
+def _scan_forward(x, valid, weights, reverse):
+  w_input, w_recurrent, bias = weights
+  hidden = w_recurrent.shape[0]
+  from_inputs = token_matmul(x, w_input) + bias  # every time step's input projection at once
 
   def step(carry, inputs):
     h, c = carry
     z, real = inputs
-    gates = _activate(z + h @ w, hidden)
+    gates = _activate(z + h @ w_recurrent, hidden)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c_next = f * c + i * g
     tanh_c = jnp.tanh(c_next)
@@ -48,19 +55,19 @@ def _recurrence_forward(from_inputs, valid, w, reverse):
     # incoming h (not reading h_{t-1} from states) spares the weight gradient two shifted copies.
     return (h_next, jnp.where(real, c_next, c)), (h_next, h, c, tanh_c, gates)
 
-  zeros = jnp.zeros((from_inputs.shape[1], hidden), from_inputs.dtype)
+  zeros = jnp.zeros((x.shape[1], hidden), x.dtype)
   (last, _), (states, h_in, c_in, tanh_c, gates) = jax.lax.scan(step, (zeros, zeros), (from_inputs, valid),
                                                                 reverse=reverse)
-  return (states, last), (h_in, c_in, tanh_c, gates, valid, w)
+  return (states, last), (x, valid, weights, h_in, c_in, tanh_c, gates)
 
 
-def _recurrence_backward(reverse, residuals, cotangents):
+def _scan_backward(reverse, residuals, cotangents):
   """Runs back through time computing only what is sequential: each step's gate gradient and
-  d h_{t-1} = d_gates @ W^T. The recurrent kernel's gradient is then one (H, B*T) @ (B*T, 4H)
-  matmul, where autodiff of the scan would accumulate a K=B one into W's gradient every step."""
-  h_in, c_in, tanh_c, gates, valid, w = residuals
+  d h_{t-1} = d_gates @ W_h^T. The weight gradients are then one matmul each over all steps,
+  where autodiff of the scan would accumulate a K=B one into W_h's gradient every step."""
+  x, valid, (w_input, w_recurrent, _), h_in, c_in, tanh_c, gates = residuals
   d_states, d_last = cotangents
-  hidden, w_t = w.shape[0], w.T
+  hidden, w_t = w_recurrent.shape[0], w_recurrent.T
   scale = _gate_scale(hidden, gates.dtype)
 
   def step(carry, inputs):
@@ -76,26 +83,69 @@ def _recurrence_backward(reverse, residuals, cotangents):
     d_pre = jnp.where(real, d_pre, 0)
     return (jnp.where(real, d_pre @ w_t, dh), jnp.where(real, dc_next * f, dc)), d_pre
 
-  _, d_from_inputs = jax.lax.scan(step, (d_last, jnp.zeros_like(d_last)),
-                                  (d_states, c_in, tanh_c, gates, valid), reverse=not reverse)
-  d_w = jax.lax.dot_general(h_in.reshape(-1, hidden), d_from_inputs.reshape(-1, 4 * hidden),
-                            (((0,), (0,)), ((), ())))
-  return d_from_inputs, None, d_w
+  _, d_pre = jax.lax.scan(step, (d_last, jnp.zeros_like(d_last)),
+                          (d_states, c_in, tanh_c, gates, valid), reverse=not reverse)
+  d_pre_2d = d_pre.reshape(-1, d_pre.shape[-1])
+  over_tokens = (((0,), (0,)), ((), ()))  # contract the (T * B) token axis
+  d_weights = (jax.lax.dot_general(x.reshape(-1, x.shape[-1]), d_pre_2d, over_tokens),
+               jax.lax.dot_general(h_in.reshape(-1, hidden), d_pre_2d, over_tokens), d_pre_2d.sum(0))
+  return token_matmul(d_pre, w_input.T), d_weights
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _recurrence(from_inputs, valid, w, reverse):
-  """Time-major (T, B, 4H) input projections, (T, B) valid, (H, 4H) W -> (T, B, H) states, (B, H) last."""
-  return _recurrence_forward(from_inputs, valid, w, reverse)[0]
+def _kernel_forward(x, valid, weights, reverse):
+  """_scan_forward as one FFI call to lstm_cpu.cc: the same outputs and residuals."""
+  (steps, batch, _), (hidden, width) = x.shape, weights[1].shape
+  state = jax.ShapeDtypeStruct((steps, batch, hidden), x.dtype)
+  states, last, *saved = jax.ffi.ffi_call(
+      'BigjaxLstmForward', (state, state.update(shape=(batch, hidden)), state, state, state,
+                            state.update(shape=(steps, batch, width))),
+      vmap_method='sequential')(x, valid, *weights, reverse=reverse)
+  return (states, last), (x, valid, weights, *saved)
 
 
-_recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+def _kernel_backward(reverse, residuals, cotangents):
+  """_scan_backward's gradients (of x, W_x, W_h and the bias) as one FFI call to lstm_cpu.cc."""
+  x, valid, weights, *saved = residuals
+  like = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, *weights)]
+  d_x, *d_weights = jax.ffi.ffi_call('BigjaxLstmBackward', like, vmap_method='sequential')(
+      x, valid, *weights[:2], *saved, *cotangents, reverse=reverse)
+  return d_x, tuple(d_weights)
+
+
+def _pick(kernel_version, scan_version, kernel):
+  """kernel_version where the step runs on CPU (with lstm_cpu.cc loaded), scan_version elsewhere."""
+  if not kernel:
+    return scan_version
+  return functools.partial(jax.lax.platform_dependent, cpu=kernel_version, default=scan_version)
+
+
+def _layer_forward(x, valid, weights, reverse, kernel):
+  kernel_version, scan_version = (functools.partial(f, reverse=reverse) for f in (_kernel_forward,
+                                                                                  _scan_forward))
+  return _pick(kernel_version, scan_version, kernel)(x, valid, weights)
+
+
+def _layer_backward(reverse, kernel, residuals, cotangents):
+  kernel_version, scan_version = (functools.partial(f, reverse) for f in (_kernel_backward, _scan_backward))
+  d_x, d_weights = _pick(kernel_version, scan_version, kernel)(residuals, cotangents)
+  return d_x, None, d_weights
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer(x, valid, weights, reverse, kernel):
+  """One LSTM layer, time-major: (T, B, E) x, (T, B) valid, weights ((E, 4H) W_x, (H, 4H) W_h, (4H)
+  bias) -> (T, B, H) states and the (B, H) last. kernel: on CPU, lstm_cpu.cc (loaded), not the scan."""
+  return _layer_forward(x, valid, weights, reverse, kernel)[0]
+
+
+_layer.defvjp(_layer_forward, _layer_backward)
 
 
 class LSTM(nn.Module):
   """One direction of one LSTM layer: (B, T, E) inputs -> (B, T, H) states and the final (B, H)."""
   hidden: int
   reverse: bool = False  # read the sequence from its end: the backward half of a bidirectional layer
+  cpu_kernel: bool = True  # on CPU, the recurrence in C++ (lstm_cpu.cc); False: XLA's scan
 
   @nn.compact
   def __call__(self, x, valid):
@@ -107,9 +157,10 @@ class LSTM(nn.Module):
     # Forget-gate bias 1: remember by default early in training (Jozefowicz et al., 2015).
     bias = self.param('bias', nn.with_logical_partitioning(
         lambda key, shape: jnp.zeros(shape).at[self.hidden:2 * self.hidden].set(1.0), (None,)), (gates,))
-    # Time-major for the scan; transposing x (E wide) is cheaper than its projection (4H wide).
-    from_inputs = token_matmul(x.swapaxes(0, 1), w_input) + bias  # every time step at once
-    states, last = _recurrence(from_inputs, valid.T, w_recurrent, self.reverse)
+    kernel = (self.cpu_kernel and x.dtype == jnp.float32 and jax.default_backend() == 'cpu'
+              and native.load('lstm_cpu', _KERNELS))
+    # Time-major for the recurrence; transposing x (E wide) is cheaper than its projection (4H wide).
+    states, last = _layer(x.swapaxes(0, 1), valid.T, (w_input, w_recurrent, bias), self.reverse, kernel)
     return states.swapaxes(0, 1), last
 
 
@@ -125,6 +176,7 @@ class LSTMClassifier(nn.Module):
   dropout: float = 0.0  # between layers and on the pooled vector
   word_dropout: float = 0.0  # training only: each token's embedding zeroed with this probability
   pad_id: int = 0
+  cpu_kernel: bool = True  # on CPU, the LSTM recurrence in C++ (lstm_cpu.cc); False: XLA's scan
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
@@ -144,8 +196,9 @@ class LSTMClassifier(nn.Module):
     for layer in range(self.num_layers):
       if layer:
         x = drop(x)
-      runs = [LSTM(self.hidden, reverse, name=f'lstm_{layer}_{"backward" if reverse else "forward"}')(
-          x, valid) for reverse in directions]
+      names = [f'lstm_{layer}_{"backward" if reverse else "forward"}' for reverse in directions]
+      runs = [LSTM(self.hidden, reverse, self.cpu_kernel, name=name)(x, valid)
+              for reverse, name in zip(directions, names)]
       x = jnp.concatenate([states for states, _ in runs], axis=-1)
       last = jnp.concatenate([final for _, final in runs], axis=-1)
     pooled = drop(masked_pool(x, valid, self.pooling, last))

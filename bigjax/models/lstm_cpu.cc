@@ -1,0 +1,402 @@
+// One LSTM layer on CPU as two XLA FFI calls: forward through time, and its backward.
+//
+// Why native code: the recurrence is 2 x T small matmuls, (B, H) @ (H, 4H) forward and
+// (B, 4H) @ (4H, H) backward, each followed by gate arithmetic on a few thousand floats. XLA:CPU
+// runs them as a while loop of separate thunks, its matmuls at about half of what this CPU does on
+// such shapes, the gate arithmetic as many tiny loops. Here each step is one register-blocked
+// matmul against weights packed once per call (they stay in cache), the gates computed while the
+// rows are hot. The input projection rides along in the same matmuls ([x_t, h] @ [W_x; W_h]), and
+// the backward accumulates the weight gradients step by step, so the (T, B, 4H) gate gradients,
+// the largest array of the layer, never reach memory.
+//
+// Threads split the batch: each part runs its rows' whole recurrence alone (no barrier per step),
+// and a row's states and input gradient are the same bits whatever the split. The weight gradients
+// are summed over the parts in a fixed order: the same bits for the same thread count.
+//
+// It computes what bigjax/models/lstm.py's scan path computes (tests/test_text_models.py checks),
+// with the same gate order [input, forget, cell, output] and the same residuals.
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kLanes = 16;  // floats per vector: one AVX-512 register, two AVX2 ones
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));  // unaligned access
+
+inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+inline int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// tanh as a rational function of x^2, accurate to a few float ulps: the approximation XLA:CPU uses
+// too (Eigen's), so both paths agree closely. T is float or Vec: the vector body and the scalar
+// tail compute the same.
+template <typename T>
+inline T Tanh(T x) {
+  const T clamp = T{} + 7.90531110763549805f;  // tanh is 1 in float beyond
+  x = x > clamp ? clamp : x;
+  x = x < -clamp ? -clamp : x;
+  const T x2 = x * x;
+  T p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  T q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+
+template <typename T>
+inline T Sigmoid(T x) { return Tanh(x * 0.5f) * 0.5f + 0.5f; }  // as lstm.py's _activate
+
+// Elementwise loops are written once for T = Vec and T = float: body(j, T{}) runs for j in [0, n),
+// whole vectors first, then a float at a time. (Left to itself, GCC vectorizes these loops only
+// behind a runtime check that the arrays do not overlap, which here it fails.)
+template <typename T>
+inline T At(const float* p) {
+  if constexpr (std::is_same_v<T, Vec>) return Load(p);
+  else return *p;
+}
+inline void Put(float* p, Vec v) { Store(p, v); }
+inline void Put(float* p, float v) { *p = v; }
+
+template <typename F>
+inline void Lanes(int64_t n, F body) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) body(j, Vec{});
+  for (; j < n; ++j) body(j, 0.0f);
+}
+
+// out[j] = f(a[j] + b[j]) for j < n.
+template <typename F>
+inline void AddMap(const float* a, const float* b, float* out, int64_t n, F f) {
+  Lanes(n, [&](int64_t j, auto lane) {
+    using T = decltype(lane);
+    Put(out + j, f(At<T>(a + j) + At<T>(b + j)));
+  });
+}
+
+// --- matmul ---------------------------------------------------------------------------------------
+// C (M, N) = or += A (M, K) @ B (K, N), N padded to whole vectors, in tiles of up to kRows rows and
+// kStrip vectors whose accumulators stay in registers for the whole K loop. B is read in column
+// strips: either packed (each strip contiguous, k-major: the weights, packed once per call) or in
+// place (row stride ldb, rows padded to whole vectors).
+constexpr int64_t kRows = 8, kStrip = 3;  // 24 accumulator registers of AVX-512's 32
+constexpr int64_t kDepth = 1 << 30;
+
+struct Matrix {  // element (i, k) at data[i * row + k * col]
+  const float* data;
+  int64_t row, col;
+};
+
+template <int MR, int NV>
+void Tile(Matrix a, int64_t k, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  Vec acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = accumulate ? Load(c + m * ldc + v * kLanes) : Vec{};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    Vec bk[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bk[v] = Load(b + kk * ldb + v * kLanes);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const float x = a.data[m * a.row + kk * a.col];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += x * bk[v];
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) Store(c + m * ldc + v * kLanes, acc[m][v]);
+}
+
+template <int MR, int NV = kStrip>
+void TileOfWidth(int64_t vectors, Matrix a, int64_t k, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 bool accumulate) {
+  if constexpr (NV > 1) {
+    if (vectors < NV) return TileOfWidth<MR, NV - 1>(vectors, a, k, b, ldb, c, ldc, accumulate);
+  }
+  Tile<MR, NV>(a, k, b, ldb, c, ldc, accumulate);
+}
+
+using TileFn = void (*)(int64_t, Matrix, int64_t, const float*, int64_t, float*, int64_t, bool);
+template <size_t... MR>
+constexpr std::array<TileFn, sizeof...(MR) + 1> TileTable(std::index_sequence<MR...>) {
+  return {nullptr, TileOfWidth<MR + 1>...};
+}
+constexpr auto kTiles = TileTable(std::make_index_sequence<kRows>());  // kTiles[rows], rows <= kRows
+
+struct Right {  // B: n_padded columns, packed in strips of packed_k rows (see Pack), or in place
+  const float* data;
+  int64_t n_padded, packed_k, ldb;  // packed_k 0: in place, row stride ldb
+};
+
+void Gemm(Matrix a, int64_t m, int64_t k, Right b, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {  // B's strips kDepth deep stay in L1 for all of A's rows
+    const int64_t depth = std::min(kDepth, k - k0);
+    for (int64_t j = 0; j < b.n_padded; j += kStrip * kLanes) {
+      const int64_t width = std::min(kStrip * kLanes, b.n_padded - j);
+      const float* strip = b.packed_k ? b.data + j * b.packed_k + k0 * width : b.data + k0 * b.ldb + j;
+      const int64_t ldb = b.packed_k ? width : b.ldb;
+      for (int64_t i = 0; i < m; i += kRows)
+        kTiles[std::min(kRows, m - i)](width / kLanes, Matrix{a.data + i * a.row + k0 * a.col, a.row, a.col},
+                                       depth, strip, ldb, c + i * ldc + j, ldc, accumulate || k0 > 0);
+    }
+  }
+}
+
+// Copies row (n_padded floats) into row kk of a matrix packed for Gemm with packed_k rows a strip.
+void PackRow(const float* row, int64_t kk, int64_t n_padded, int64_t packed_k, float* packed) {
+  for (int64_t j = 0; j < n_padded; j += kStrip * kLanes) {
+    const int64_t width = std::min(kStrip * kLanes, n_padded - j);
+    std::memcpy(packed + j * packed_k + kk * width, row + j, width * sizeof(float));
+  }
+}
+
+// Packs the (k, n) matrix value(kk, j) for Gemm, columns zero-padded to whole vectors.
+template <typename F>
+std::vector<float> Pack(int64_t k, int64_t n, F value) {
+  const int64_t n_padded = RoundUp(n, kLanes);
+  std::vector<float> row(n_padded, 0.0f), packed(k * n_padded);
+  for (int64_t kk = 0; kk < k; ++kk) {
+    for (int64_t j = 0; j < n; ++j) row[j] = value(kk, j);
+    PackRow(row.data(), kk, n_padded, k, packed.data());
+  }
+  return packed;
+}
+
+constexpr int64_t kBlock = 16;  // steps per weight-gradient matmul in the backward
+
+// --- threads --------------------------------------------------------------------------------------
+// Runs part(p) for p in [0, parts) on XLA's intra-op threads and this one. Parts are claimed from a
+// counter, so this thread never waits on a task that has not started: if the pool is busy it does
+// the parts itself. A task that starts after all parts are claimed returns without touching them.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t parts, F part) {
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto work = [shared, parts, &part] {
+    for (int64_t p; (p = shared->next.fetch_add(1)) < parts;) {
+      part(p);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < parts; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+}
+
+// The batch split over the pool's threads, in whole tiles of rows where the batch allows.
+int64_t RowsPerPart(ffi::ThreadPool& pool, int64_t batch) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  return RoundUp((batch + threads - 1) / threads, batch >= threads * kRows ? kRows : 1);
+}
+
+// --- the layer ------------------------------------------------------------------------------------
+using F32 = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F32 w_input, F32 w_recurrent,
+                   F32 bias, bool reverse, Out states, Out last, Out h_in, Out c_in, Out tanh_c, Out gates) {
+  const int64_t steps = x.dimensions()[0], batch = x.dimensions()[1], embed = x.dimensions()[2];
+  const int64_t hidden = w_recurrent.dimensions()[0], width = 4 * hidden, width_padded = RoundUp(width, kLanes);
+  const int64_t inputs = embed + hidden;  // each step multiplies [x_t, h] by [W_x; W_h]
+  const float *wx = w_input.typed_data(), *wh = w_recurrent.typed_data(), *b = bias.typed_data();
+  const std::vector<float> w = Pack(inputs, width, [&](int64_t k, int64_t j) {
+    return k < embed ? wx[k * width + j] : wh[(k - embed) * width + j];
+  });
+  const float* xs = x.typed_data();
+  const bool* real = valid.typed_data();
+  float *out = states->typed_data(), *h_out = h_in->typed_data(), *c_out = c_in->typed_data();
+  float *tc_out = tanh_c->typed_data(), *g_out = gates->typed_data();
+  const int64_t rows_per_part = RowsPerPart(pool, batch);
+
+  ParallelFor(pool, (batch + rows_per_part - 1) / rows_per_part, [&](int64_t part) {
+    const int64_t r0 = part * rows_per_part, rows = std::min(rows_per_part, batch - r0);
+    std::vector<float> xh(rows * inputs, 0.0f), c(rows * hidden, 0.0f), pre(rows * width_padded);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = reverse ? steps - 1 - s : s;
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(&xh[i * inputs], xs + (t * batch + r0 + i) * embed, embed * sizeof(float));
+      Gemm(Matrix{xh.data(), inputs, 1}, rows, inputs, Right{w.data(), width_padded, inputs, 0}, pre.data(),
+           width_padded, false);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t row = t * batch + r0 + i;
+        const float* p = &pre[i * width_padded];
+        float* a = g_out + row * width;
+        AddMap(p, b, a, 2 * hidden, [](auto v) { return Sigmoid(v); });  // input, forget
+        AddMap(p + 2 * hidden, b + 2 * hidden, a + 2 * hidden, hidden, [](auto v) { return Tanh(v); });
+        AddMap(p + 3 * hidden, b + 3 * hidden, a + 3 * hidden, hidden, [](auto v) { return Sigmoid(v); });
+        float *h = &xh[i * inputs + embed], *cr = &c[i * hidden];
+        float* tc = tc_out + row * hidden;
+        std::memcpy(h_out + row * hidden, h, hidden * sizeof(float));
+        std::memcpy(c_out + row * hidden, cr, hidden * sizeof(float));
+        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
+        const bool keep = real[row];  // a pad leaves the state as it was (its tanh(c) is kept, as the scan's)
+        Lanes(hidden, [&](int64_t u, auto lane) {
+          using T = decltype(lane);
+          const T c_next = At<T>(gf + u) * At<T>(cr + u) + At<T>(gi + u) * At<T>(gg + u), tanh_c = Tanh(c_next);
+          Put(tc + u, tanh_c);
+          if (keep) {
+            Put(cr + u, c_next);
+            Put(h + u, At<T>(go + u) * tanh_c);
+          }
+        });
+        std::memcpy(out + row * hidden, h, hidden * sizeof(float));
+      }
+    }
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(last->typed_data() + (r0 + i) * hidden, &xh[i * inputs + embed], hidden * sizeof(float));
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F32 w_input, F32 w_recurrent,
+                    F32 h_in, F32 c_in, F32 tanh_c, F32 gates, F32 d_states, F32 d_last, bool reverse,
+                    Out d_x, Out d_w_input, Out d_w_recurrent, Out d_bias) {
+  const int64_t steps = x.dimensions()[0], batch = x.dimensions()[1], embed = x.dimensions()[2];
+  const int64_t hidden = w_recurrent.dimensions()[0], width = 4 * hidden, width_padded = RoundUp(width, kLanes);
+  const int64_t inputs = embed + hidden, inputs_padded = RoundUp(inputs, kLanes);
+  const float *wx = w_input.typed_data(), *wh = w_recurrent.typed_data();
+  const std::vector<float> w_t = Pack(width, inputs, [&](int64_t k, int64_t j) {  // [W_x; W_h]^T
+    return j < embed ? wx[j * width + k] : wh[(j - embed) * width + k];
+  });
+  const float *xs = x.typed_data(), *h_res = h_in.typed_data(), *c_res = c_in.typed_data();
+  const float *tc_res = tanh_c.typed_data(), *g_res = gates.typed_data();
+  const float *d_out = d_states.typed_data(), *d_fin = d_last.typed_data();
+  const bool* real = valid.typed_data();
+  const int64_t rows_per_part = RowsPerPart(pool, batch), parts = (batch + rows_per_part - 1) / rows_per_part;
+  // Each part's weight and bias gradients, ([W_x; W_h] rows, 4H padded) and (4H padded).
+  std::vector<std::vector<float>> d_w(parts, std::vector<float>(inputs * width_padded, 0.0f));
+  std::vector<std::vector<float>> d_b(parts, std::vector<float>(width_padded, 0.0f));
+
+  ParallelFor(pool, parts, [&](int64_t part) {
+    const int64_t r0 = part * rows_per_part, rows = std::min(rows_per_part, batch - r0);
+    std::vector<float> dh(d_fin + r0 * hidden, d_fin + (r0 + rows) * hidden), dc(rows * hidden, 0.0f);
+    // The last kBlock steps' [x_t, h_{t-1}] and d_pre (packed), for one weight-gradient matmul.
+    const int64_t block_rows = kBlock * rows;
+    std::vector<float> d_pre_block(block_rows * width_padded), xh_block(block_rows * inputs);
+    std::vector<float> d_pre(rows * width_padded, 0.0f), d_xh(rows * inputs_padded);
+    float* d_b_part = d_b[part].data();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = reverse ? s : steps - 1 - s;  // back through the forward's order
+      float* xh = &xh_block[(s % kBlock) * rows * inputs];
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t row = t * batch + r0 + i;
+        std::memcpy(&xh[i * inputs], xs + row * embed, embed * sizeof(float));
+        std::memcpy(&xh[i * inputs + embed], h_res + row * hidden, hidden * sizeof(float));
+        float *dhr = &dh[i * hidden], *dcr = &dc[i * hidden];
+        float* dp = &d_pre[i * width_padded];
+        const float *a = g_res + row * width, *c = c_res + row * hidden, *tc = tc_res + row * hidden;
+        const float* d_o = d_out + row * hidden;
+        if (!real[row]) {  // a pad passed the state through: so does its gradient
+          Lanes(hidden, [&](int64_t u, auto lane) { Put(dhr + u, At<decltype(lane)>(dhr + u) + At<decltype(lane)>(d_o + u)); });
+          std::memset(dp, 0, width * sizeof(float));
+          continue;
+        }
+        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
+        Lanes(hidden, [&](int64_t u, auto lane) {
+          using T = decltype(lane);
+          const T i = At<T>(gi + u), f = At<T>(gf + u), g = At<T>(gg + u), o = At<T>(go + u), tanh_c = At<T>(tc + u);
+          const T d_h = At<T>(dhr + u) + At<T>(d_o + u);
+          const T d_c = At<T>(dcr + u) + d_h * o * (1.0f - tanh_c * tanh_c);
+          // through the activation: s (1 - s) for a sigmoid, 1 - g^2 for the tanh
+          Put(dp + u, d_c * g * (i * (1.0f - i)));
+          Put(dp + hidden + u, d_c * At<T>(c + u) * (f * (1.0f - f)));
+          Put(dp + 2 * hidden + u, d_c * i * (1.0f - g * g));
+          Put(dp + 3 * hidden + u, d_h * tanh_c * (o * (1.0f - o)));
+          Put(dcr + u, d_c * f);
+        });
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* dp = &d_pre[i * width_padded];
+        PackRow(dp, (s % kBlock) * rows + i, width_padded, block_rows, d_pre_block.data());
+        for (int64_t j = 0; j < width_padded; j += kLanes) Store(d_b_part + j, Load(d_b_part + j) + Load(dp + j));
+      }
+      // [d x_t, d h_{t-1}] = d_pre @ [W_x; W_h]^T; a pad's row of d_pre is 0, so is its d x_t
+      Gemm(Matrix{d_pre.data(), width_padded, 1}, rows, width, Right{w_t.data(), inputs_padded, width, 0},
+           d_xh.data(), inputs_padded, false);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t row = t * batch + r0 + i;
+        std::memcpy(d_x->typed_data() + row * embed, &d_xh[i * inputs_padded], embed * sizeof(float));
+        if (real[row]) std::memcpy(&dh[i * hidden], &d_xh[i * inputs_padded + embed], hidden * sizeof(float));
+      }
+      // Every kBlock steps, and after the last: [d W_x; d W_h] += [x_t, h_{t-1}]^T @ d_pre over them,
+      // (Step by step, K would be only the part's rows.) d bias sums d_pre's rows as they come.
+      if (s % kBlock == kBlock - 1 || s == steps - 1) {
+        const int64_t k = (s % kBlock + 1) * rows;
+        Gemm(Matrix{xh_block.data(), 1, inputs}, inputs, k, Right{d_pre_block.data(), width_padded, block_rows, 0},
+             d_w[part].data(), width_padded, true);
+      }
+    }
+  });
+  // The parts' sums, in part order.
+  float *dwx = d_w_input->typed_data(), *dwh = d_w_recurrent->typed_data(), *db = d_bias->typed_data();
+  for (int64_t k = 0; k < inputs; ++k) {
+    float* dst = k < embed ? dwx + k * width : dwh + (k - embed) * width;
+    for (int64_t j = 0; j < width; ++j) {
+      float sum = 0;
+      for (int64_t p = 0; p < parts; ++p) sum += d_w[p][k * width_padded + j];
+      dst[j] = sum;
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    float sum = 0;
+    for (int64_t p = 0; p < parts; ++p) sum += d_b[p][j];
+    db[j] = sum;
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()                     // x (T, B, E)
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid (T, B)
+                                  .Arg<F32>()                     // w_input (E, 4H)
+                                  .Arg<F32>()                     // w_recurrent (H, 4H)
+                                  .Arg<F32>()                     // bias (4H)
+                                  .Attr<bool>("reverse")
+                                  .Ret<F32>()    // states (T, B, H)
+                                  .Ret<F32>()    // last (B, H)
+                                  .Ret<F32>()    // h_in (T, B, H): each step's incoming h
+                                  .Ret<F32>()    // c_in (T, B, H): each step's incoming c
+                                  .Ret<F32>()    // tanh_c (T, B, H): tanh of each step's new c
+                                  .Ret<F32>());  // gates (T, B, 4H), activated
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()                     // x
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                  .Arg<F32>()                     // w_input
+                                  .Arg<F32>()                     // w_recurrent
+                                  .Arg<F32>()                     // h_in
+                                  .Arg<F32>()                     // c_in
+                                  .Arg<F32>()                     // tanh_c
+                                  .Arg<F32>()                     // gates
+                                  .Arg<F32>()                     // d_states (T, B, H)
+                                  .Arg<F32>()                     // d_last (B, H)
+                                  .Attr<bool>("reverse")
+                                  .Ret<F32>()    // d_x (T, B, E)
+                                  .Ret<F32>()    // d_w_input (E, 4H)
+                                  .Ret<F32>()    // d_w_recurrent (H, 4H)
+                                  .Ret<F32>());  // d_bias (4H)
