@@ -93,18 +93,18 @@ def _scan_backward(reverse, residuals, cotangents):
 
 
 def _kernel_forward(x, valid, weights, reverse):
-  """_scan_forward as one FFI call to lstm_cpu.cc: the same outputs and residuals."""
+  """_scan_forward as one FFI call to lstm_cpu.cc; it keeps less for the backward."""
   (steps, batch, _), (hidden, width) = x.shape, weights[1].shape
   state = jax.ShapeDtypeStruct((steps, batch, hidden), x.dtype)
-  states, last, *saved = jax.ffi.ffi_call(
-      'BigjaxLstmForward', (state, state.update(shape=(batch, hidden)), state, state, state,
+  states, last, cells, gates = jax.ffi.ffi_call(
+      'BigjaxLstmForward', (state, state.update(shape=(batch, hidden)), state,
                             state.update(shape=(steps, batch, width))),
       vmap_method='sequential')(x, valid, *weights, reverse=reverse)
-  return (states, last), (x, valid, weights, *saved)
+  return (states, last), (x, valid, weights, states, cells, gates)
 
 
 def _kernel_backward(reverse, residuals, cotangents):
-  """_scan_backward's gradients (of x, W_x, W_h and the bias) as one FFI call to lstm_cpu.cc."""
+  """_scan_backward as one FFI call to lstm_cpu.cc."""
   x, valid, weights, *saved = residuals
   like = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, *weights)]
   d_x, *d_weights = jax.ffi.ffi_call('BigjaxLstmBackward', like, vmap_method='sequential')(
@@ -112,29 +112,19 @@ def _kernel_backward(reverse, residuals, cotangents):
   return d_x, tuple(d_weights)
 
 
-def _pick(kernel_version, scan_version, kernel):
-  """kernel_version where the step runs on CPU (with lstm_cpu.cc loaded), scan_version elsewhere."""
-  if not kernel:
-    return scan_version
-  return functools.partial(jax.lax.platform_dependent, cpu=kernel_version, default=scan_version)
-
-
 def _layer_forward(x, valid, weights, reverse, kernel):
-  kernel_version, scan_version = (functools.partial(f, reverse=reverse) for f in (_kernel_forward,
-                                                                                  _scan_forward))
-  return _pick(kernel_version, scan_version, kernel)(x, valid, weights)
+  return (_kernel_forward if kernel else _scan_forward)(x, valid, weights, reverse)
 
 
 def _layer_backward(reverse, kernel, residuals, cotangents):
-  kernel_version, scan_version = (functools.partial(f, reverse) for f in (_kernel_backward, _scan_backward))
-  d_x, d_weights = _pick(kernel_version, scan_version, kernel)(residuals, cotangents)
+  d_x, d_weights = (_kernel_backward if kernel else _scan_backward)(reverse, residuals, cotangents)
   return d_x, None, d_weights
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _layer(x, valid, weights, reverse, kernel):
   """One LSTM layer, time-major: (T, B, E) x, (T, B) valid, weights ((E, 4H) W_x, (H, 4H) W_h, (4H)
-  bias) -> (T, B, H) states and the (B, H) last. kernel: on CPU, lstm_cpu.cc (loaded), not the scan."""
+  bias) -> (T, B, H) states and the (B, H) last. kernel: lstm_cpu.cc (loaded; on CPU), not the scan."""
   return _layer_forward(x, valid, weights, reverse, kernel)[0]
 
 

@@ -14,7 +14,9 @@
 // are summed over the parts in a fixed order: the same bits for the same thread count.
 //
 // It computes what bigjax/models/lstm.py's scan path computes (tests/test_text_models.py checks),
-// with the same gate order [input, forget, cell, output] and the same residuals.
+// with the same gate order [input, forget, cell, output]. What the backward reads is smaller:
+// the states, the cells c after each step and the activated gates; h and c before a step are the
+// previous step's, and tanh(c) is computed again.
 
 #include <algorithm>
 #include <array>
@@ -213,7 +215,7 @@ using F32 = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F32 w_input, F32 w_recurrent,
-                   F32 bias, bool reverse, Out states, Out last, Out h_in, Out c_in, Out tanh_c, Out gates) {
+                   F32 bias, bool reverse, Out states, Out last, Out cells, Out gates) {
   const int64_t steps = x.dimensions()[0], batch = x.dimensions()[1], embed = x.dimensions()[2];
   const int64_t hidden = w_recurrent.dimensions()[0], width = 4 * hidden, width_padded = RoundUp(width, kLanes);
   const int64_t inputs = embed + hidden;  // each step multiplies [x_t, h] by [W_x; W_h]
@@ -223,8 +225,7 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F3
   });
   const float* xs = x.typed_data();
   const bool* real = valid.typed_data();
-  float *out = states->typed_data(), *h_out = h_in->typed_data(), *c_out = c_in->typed_data();
-  float *tc_out = tanh_c->typed_data(), *g_out = gates->typed_data();
+  float *h_out = states->typed_data(), *c_out = cells->typed_data(), *g_out = gates->typed_data();
   const int64_t rows_per_part = RowsPerPart(pool, batch);
 
   ParallelFor(pool, (batch + rows_per_part - 1) / rows_per_part, [&](int64_t part) {
@@ -244,21 +245,17 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F3
         AddMap(p + 2 * hidden, b + 2 * hidden, a + 2 * hidden, hidden, [](auto v) { return Tanh(v); });
         AddMap(p + 3 * hidden, b + 3 * hidden, a + 3 * hidden, hidden, [](auto v) { return Sigmoid(v); });
         float *h = &xh[i * inputs + embed], *cr = &c[i * hidden];
-        float* tc = tc_out + row * hidden;
+        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
+        if (real[row]) {  // a pad leaves the state as it was
+          Lanes(hidden, [&](int64_t u, auto lane) {
+            using T = decltype(lane);
+            const T c_next = At<T>(gf + u) * At<T>(cr + u) + At<T>(gi + u) * At<T>(gg + u);
+            Put(cr + u, c_next);
+            Put(h + u, At<T>(go + u) * Tanh(c_next));
+          });
+        }
         std::memcpy(h_out + row * hidden, h, hidden * sizeof(float));
         std::memcpy(c_out + row * hidden, cr, hidden * sizeof(float));
-        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
-        const bool keep = real[row];  // a pad leaves the state as it was (its tanh(c) is kept, as the scan's)
-        Lanes(hidden, [&](int64_t u, auto lane) {
-          using T = decltype(lane);
-          const T c_next = At<T>(gf + u) * At<T>(cr + u) + At<T>(gi + u) * At<T>(gg + u), tanh_c = Tanh(c_next);
-          Put(tc + u, tanh_c);
-          if (keep) {
-            Put(cr + u, c_next);
-            Put(h + u, At<T>(go + u) * tanh_c);
-          }
-        });
-        std::memcpy(out + row * hidden, h, hidden * sizeof(float));
       }
     }
     for (int64_t i = 0; i < rows; ++i)
@@ -268,7 +265,7 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F3
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F32 w_input, F32 w_recurrent,
-                    F32 h_in, F32 c_in, F32 tanh_c, F32 gates, F32 d_states, F32 d_last, bool reverse,
+                    F32 states, F32 cells, F32 gates, F32 d_states, F32 d_last, bool reverse,
                     Out d_x, Out d_w_input, Out d_w_recurrent, Out d_bias) {
   const int64_t steps = x.dimensions()[0], batch = x.dimensions()[1], embed = x.dimensions()[2];
   const int64_t hidden = w_recurrent.dimensions()[0], width = 4 * hidden, width_padded = RoundUp(width, kLanes);
@@ -277,8 +274,8 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
   const std::vector<float> w_t = Pack(width, inputs, [&](int64_t k, int64_t j) {  // [W_x; W_h]^T
     return j < embed ? wx[j * width + k] : wh[(j - embed) * width + k];
   });
-  const float *xs = x.typed_data(), *h_res = h_in.typed_data(), *c_res = c_in.typed_data();
-  const float *tc_res = tanh_c.typed_data(), *g_res = gates.typed_data();
+  const float *xs = x.typed_data(), *hs = states.typed_data(), *cs = cells.typed_data(), *gs = gates.typed_data();
+  const std::vector<float> zeros(hidden, 0.0f);  // the state before the first step
   const float *d_out = d_states.typed_data(), *d_fin = d_last.typed_data();
   const bool* real = valid.typed_data();
   const int64_t rows_per_part = RowsPerPart(pool, batch), parts = (batch + rows_per_part - 1) / rows_per_part;
@@ -296,15 +293,17 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
     float* d_b_part = d_b[part].data();
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = reverse ? s : steps - 1 - s;  // back through the forward's order
+      const int64_t t_before = reverse ? t + 1 : t - 1, first = s == steps - 1;  // the forward's previous step
       float* xh = &xh_block[(s % kBlock) * rows * inputs];
       for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * batch + r0 + i;
+        const int64_t row = t * batch + r0 + i, row_before = t_before * batch + r0 + i;
+        const float *h_before = first ? zeros.data() : hs + row_before * hidden;
+        const float *c_before = first ? zeros.data() : cs + row_before * hidden, *c_after = cs + row * hidden;
         std::memcpy(&xh[i * inputs], xs + row * embed, embed * sizeof(float));
-        std::memcpy(&xh[i * inputs + embed], h_res + row * hidden, hidden * sizeof(float));
+        std::memcpy(&xh[i * inputs + embed], h_before, hidden * sizeof(float));
         float *dhr = &dh[i * hidden], *dcr = &dc[i * hidden];
         float* dp = &d_pre[i * width_padded];
-        const float *a = g_res + row * width, *c = c_res + row * hidden, *tc = tc_res + row * hidden;
-        const float* d_o = d_out + row * hidden;
+        const float *a = gs + row * width, *d_o = d_out + row * hidden;
         if (!real[row]) {  // a pad passed the state through: so does its gradient
           Lanes(hidden, [&](int64_t u, auto lane) { Put(dhr + u, At<decltype(lane)>(dhr + u) + At<decltype(lane)>(d_o + u)); });
           std::memset(dp, 0, width * sizeof(float));
@@ -313,12 +312,13 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
         const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
         Lanes(hidden, [&](int64_t u, auto lane) {
           using T = decltype(lane);
-          const T i = At<T>(gi + u), f = At<T>(gf + u), g = At<T>(gg + u), o = At<T>(go + u), tanh_c = At<T>(tc + u);
+          const T i = At<T>(gi + u), f = At<T>(gf + u), g = At<T>(gg + u), o = At<T>(go + u);
+          const T tanh_c = Tanh(At<T>(c_after + u));  // as the forward computed it
           const T d_h = At<T>(dhr + u) + At<T>(d_o + u);
           const T d_c = At<T>(dcr + u) + d_h * o * (1.0f - tanh_c * tanh_c);
           // through the activation: s (1 - s) for a sigmoid, 1 - g^2 for the tanh
           Put(dp + u, d_c * g * (i * (1.0f - i)));
-          Put(dp + hidden + u, d_c * At<T>(c + u) * (f * (1.0f - f)));
+          Put(dp + hidden + u, d_c * At<T>(c_before + u) * (f * (1.0f - f)));
           Put(dp + 2 * hidden + u, d_c * i * (1.0f - g * g));
           Put(dp + 3 * hidden + u, d_h * tanh_c * (o * (1.0f - o)));
           Put(dcr + u, d_c * f);
@@ -377,9 +377,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmForward, Forward,
                                   .Attr<bool>("reverse")
                                   .Ret<F32>()    // states (T, B, H)
                                   .Ret<F32>()    // last (B, H)
-                                  .Ret<F32>()    // h_in (T, B, H): each step's incoming h
-                                  .Ret<F32>()    // c_in (T, B, H): each step's incoming c
-                                  .Ret<F32>()    // tanh_c (T, B, H): tanh of each step's new c
+                                  .Ret<F32>()    // cells (T, B, H): c after each step
                                   .Ret<F32>());  // gates (T, B, 4H), activated
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmBackward, Backward,
@@ -389,9 +387,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // valid
                                   .Arg<F32>()                     // w_input
                                   .Arg<F32>()                     // w_recurrent
-                                  .Arg<F32>()                     // h_in
-                                  .Arg<F32>()                     // c_in
-                                  .Arg<F32>()                     // tanh_c
+                                  .Arg<F32>()                     // states
+                                  .Arg<F32>()                     // cells
                                   .Arg<F32>()                     // gates
                                   .Arg<F32>()                     // d_states (T, B, H)
                                   .Arg<F32>()                     // d_last (B, H)
