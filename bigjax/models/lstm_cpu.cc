@@ -99,7 +99,7 @@ inline void AddMap(const float* a, const float* b, float* out, int64_t n, F f) {
 // strips: either packed (each strip contiguous, k-major: the weights, packed once per call) or in
 // place (row stride ldb, rows padded to whole vectors).
 constexpr int64_t kRows = 8, kStrip = 3;  // 24 accumulator registers of AVX-512's 32
-constexpr int64_t kDepth = 1 << 30;
+constexpr int64_t kDepth = 128;  // rows of a B strip per pass: 128 x 48 floats, 24 KB, stay in L1
 
 struct Matrix {  // element (i, k) at data[i * row + k * col]
   const float* data;
