@@ -261,3 +261,34 @@ def test_without_a_compiler_the_kernel_is_skipped_with_a_warning(monkeypatch, tm
   # The model then traces the scan, whatever cpu_kernel says.
   monkeypatch.setattr(native, 'load', lambda *_: False)
   assert 'BigjaxLstmForward' not in _lstm_step_hlo(True)
+
+
+def test_lstm_model_flops_count_every_matmul_xla_cannot_see():
+  """XLA's cost analysis sees no FLOPs inside the C++ layer, so MFU uses this count: the tutorial's
+  step is 2 x 64 x 256 x (100 + 200) x 800 FLOPs forward, twice that backward (23.6 GFLOP)."""
+  import ml_collections
+
+  from bigjax import models
+  tutorial = ml_collections.ConfigDict({'name': 'lstm_classifier', 'embed_dim': 100, 'hidden': 200})
+  assert models.flops_per_example(tutorial, 0, (256,)) * 64 == 3 * 2 * 64 * 256 * 300 * 800
+  stacked = ml_collections.ConfigDict({'name': 'lstm_classifier', 'embed_dim': 8, 'hidden': 6,
+                                       'num_layers': 2, 'bidirectional': True})
+  # layer 1: two directions over 8 inputs; layer 2: two directions over both directions' 12 states
+  assert models.flops_per_example(stacked, 0, (10,)) == 10 * 6 * 4 * 6 * 2 * ((8 + 6) + (12 + 6))
+
+
+@KERNELS
+def test_an_lstm_returning_only_its_last_state_has_the_same_gradients(cpu_kernel):
+  """return_states=False (pooling 'last' on the top layer) skips the states' all-zero gradient."""
+  keys = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(keys[0], (5, 8, 3))
+  valid = jax.random.bernoulli(keys[1], 0.7, (5, 8))
+  params = nn.meta.unbox(LSTM(4).init(keys[2], x, valid)['params'])
+
+  def grads(return_states):
+    model = LSTM(4, cpu_kernel=cpu_kernel, return_states=return_states)
+    return jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(model.apply({'params': p}, x, valid)[1])), (0, 1)))(
+        params, x)
+
+  for got, want in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
+    np.testing.assert_array_equal(got, want)

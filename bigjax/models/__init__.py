@@ -77,6 +77,8 @@ def check_config(model_config) -> None:
 FLOPS_PER_EXAMPLE = {
     'transformer_lm': lambda model_config, num_params, input_shape: flops.transformer_flops_per_token(
         model_config, num_params, input_shape[0]) * input_shape[0],
+    'lstm_classifier': lambda model_config, num_params, input_shape: flops.lstm_flops_per_token(
+        {**defaults('lstm_classifier'), **_kwargs(model_config)}) * input_shape[0],
 }
 
 

@@ -14,6 +14,7 @@ where it cannot be built, a lax.scan computes the same. benchmarks/lstm_vs_pytor
 """
 
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -104,28 +105,42 @@ def _kernel_forward(x, valid, weights, reverse):
 
 
 def _kernel_backward(reverse, residuals, cotangents):
-  """_scan_backward as one FFI call to lstm_cpu.cc."""
+  """_scan_backward as one FFI call to lstm_cpu.cc (d_states None: zeros it need not read)."""
   x, valid, weights, *saved = residuals
+  d_states, d_last = cotangents
+  cotangents = (jnp.zeros((0,), x.dtype) if d_states is None else d_states, d_last)
   like = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, *weights)]
   d_x, *d_weights = jax.ffi.ffi_call('BigjaxLstmBackward', like, vmap_method='sequential')(
       x, valid, *weights[:2], *saved, *cotangents, reverse=reverse)
   return d_x, tuple(d_weights)
 
 
-def _layer_forward(x, valid, weights, reverse, kernel):
-  return (_kernel_forward if kernel else _scan_forward)(x, valid, weights, reverse)
+class _How(NamedTuple):
+  reverse: bool  # read the sequence from its end
+  kernel: bool  # lstm_cpu.cc (loaded; on CPU), not the scan
+  with_states: bool  # return (states, last); False: only last, and no states' gradient to read
 
 
-def _layer_backward(reverse, kernel, residuals, cotangents):
-  d_x, d_weights = (_kernel_backward if kernel else _scan_backward)(reverse, residuals, cotangents)
+def _layer_forward(x, valid, weights, how):
+  run = _kernel_forward if how.kernel else _scan_forward
+  (states, last), residuals = run(x, valid, weights, how.reverse)
+  return ((states, last) if how.with_states else last), residuals
+
+
+def _layer_backward(how, residuals, cotangents):
+  reverse, kernel, with_states = how
+  d_states, d_last = cotangents if with_states else (None, cotangents)
+  if d_states is None and not kernel:
+    d_states = jnp.zeros(residuals[0].shape[:2] + d_last.shape[-1:], d_last.dtype)
+  d_x, d_weights = (_kernel_backward if kernel else _scan_backward)(reverse, residuals, (d_states, d_last))
   return d_x, None, d_weights
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _layer(x, valid, weights, reverse, kernel):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer(x, valid, weights, how: _How):
   """One LSTM layer, time-major: (T, B, E) x, (T, B) valid, weights ((E, 4H) W_x, (H, 4H) W_h, (4H)
-  bias) -> (T, B, H) states and the (B, H) last. kernel: lstm_cpu.cc (loaded; on CPU), not the scan."""
-  return _layer_forward(x, valid, weights, reverse, kernel)[0]
+  bias) -> (T, B, H) states and the (B, H) last, or only the last (see _How)."""
+  return _layer_forward(x, valid, weights, how)[0]
 
 
 _layer.defvjp(_layer_forward, _layer_backward)
@@ -136,6 +151,7 @@ class LSTM(nn.Module):
   hidden: int
   reverse: bool = False  # read the sequence from its end: the backward half of a bidirectional layer
   cpu_kernel: bool = True  # on CPU, the recurrence in C++ (lstm_cpu.cc); False: XLA's scan
+  return_states: bool = True  # False: (None, last), and the backward skips the states' zero gradient
 
   @nn.compact
   def __call__(self, x, valid):
@@ -150,8 +166,9 @@ class LSTM(nn.Module):
     kernel = (self.cpu_kernel and x.dtype == jnp.float32 and jax.default_backend() == 'cpu'
               and native.load('lstm_cpu', _KERNELS))
     # Time-major for the recurrence; transposing x (E wide) is cheaper than its projection (4H wide).
-    states, last = _layer(x.swapaxes(0, 1), valid.T, (w_input, w_recurrent, bias), self.reverse, kernel)
-    return states.swapaxes(0, 1), last
+    out = _layer(x.swapaxes(0, 1), valid.T, (w_input, w_recurrent, bias),
+                 _How(self.reverse, kernel, self.return_states))
+    return (out[0].swapaxes(0, 1), out[1]) if self.return_states else (None, out)
 
 
 class LSTMClassifier(nn.Module):
@@ -186,10 +203,12 @@ class LSTMClassifier(nn.Module):
     for layer in range(self.num_layers):
       if layer:
         x = drop(x)
+      # The states are read by the next layer, or by mean and max pooling; 'last' needs only the last.
+      keep_states = layer < self.num_layers - 1 or self.pooling != 'last'
       names = [f'lstm_{layer}_{"backward" if reverse else "forward"}' for reverse in directions]
-      runs = [LSTM(self.hidden, reverse, self.cpu_kernel, name=name)(x, valid)
+      runs = [LSTM(self.hidden, reverse, self.cpu_kernel, keep_states, name=name)(x, valid)
               for reverse, name in zip(directions, names)]
-      x = jnp.concatenate([states for states, _ in runs], axis=-1)
+      x = jnp.concatenate([states for states, _ in runs], axis=-1) if keep_states else None
       last = jnp.concatenate([final for _, final in runs], axis=-1)
     pooled = drop(masked_pool(x, valid, self.pooling, last))
     return dense(self.num_outputs, ('embed', 'classes'), name='head')(pooled)

@@ -277,6 +277,7 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
   const float *xs = x.typed_data(), *hs = states.typed_data(), *cs = cells.typed_data(), *gs = gates.typed_data();
   const std::vector<float> zeros(hidden, 0.0f);  // the state before the first step
   const float *d_out = d_states.typed_data(), *d_fin = d_last.typed_data();
+  const bool states_used = d_states.element_count() > 0;  // empty: the layer's caller read only `last`
   const bool* real = valid.typed_data();
   const int64_t rows_per_part = RowsPerPart(pool, batch), parts = (batch + rows_per_part - 1) / rows_per_part;
   // Each part's weight and bias gradients, ([W_x; W_h] rows, 4H padded) and (4H padded).
@@ -303,7 +304,7 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
         std::memcpy(&xh[i * inputs + embed], h_before, hidden * sizeof(float));
         float *dhr = &dh[i * hidden], *dcr = &dc[i * hidden];
         float* dp = &d_pre[i * width_padded];
-        const float *a = gs + row * width, *d_o = d_out + row * hidden;
+        const float *a = gs + row * width, *d_o = states_used ? d_out + row * hidden : zeros.data();
         if (!real[row]) {  // a pad passed the state through: so does its gradient
           Lanes(hidden, [&](int64_t u, auto lane) { Put(dhr + u, At<decltype(lane)>(dhr + u) + At<decltype(lane)>(d_o + u)); });
           std::memset(dp, 0, width * sizeof(float));
@@ -390,7 +391,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxLstmBackward, Backward,
                                   .Arg<F32>()                     // states
                                   .Arg<F32>()                     // cells
                                   .Arg<F32>()                     // gates
-                                  .Arg<F32>()                     // d_states (T, B, H)
+                                  .Arg<F32>()                     // d_states (T, B, H), or empty: zeros
                                   .Arg<F32>()                     // d_last (B, H)
                                   .Attr<bool>("reverse")
                                   .Ret<F32>()    // d_x (T, B, E)
