@@ -6,8 +6,8 @@
 // such shapes, the gate arithmetic as many tiny loops. Here each step is one register-blocked
 // matmul against weights packed once per call (they stay in cache), the gates computed while the
 // rows are hot. The input projection rides along in the same matmuls ([x_t, h] @ [W_x; W_h]), and
-// the backward accumulates the weight gradients step by step, so the (T, B, 4H) gate gradients,
-// the largest array of the layer, never reach memory.
+// the backward accumulates the weight gradients as it goes (one matmul per kBlock steps), so the
+// (T, B, 4H) gate gradients, the largest array of the layer, never reach memory.
 //
 // Threads split the batch: each part runs its rows' whole recurrence alone (no barrier per step),
 // and a row's states and input gradient are the same bits whatever the split. The weight gradients
