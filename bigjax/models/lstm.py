@@ -5,12 +5,12 @@ the LSTM carries its state unchanged through padding (left, right or anywhere), 
 one vector per sequence pooled over real tokens only: the state after the last real token, or the
 mean or max over real tokens. Padding therefore never changes a prediction.
 
-Speed: the input projection of every time step is one (B*T, E) @ (E, 4H) matmul before the
-recurrence, so each of the T sequential steps does only h @ W_h and the gate arithmetic; the
-recurrence has a hand-written backward pass (custom_vjp, tested against autodiff) that leaves the
-recurrent kernel's gradient to one matmul after the loop. On CPU the recurrence itself runs in C++
-(lstm_cpu.cc, an XLA FFI call compiled on first use) unless `cpu_kernel=False`; elsewhere, and
-where it cannot be built, a lax.scan computes the same. benchmarks/lstm_vs_pytorch.py measures it.
+Speed: each layer is a custom_vjp with a hand-written backward pass. On CPU it runs in C++
+(lstm_cpu.cc: two XLA FFI calls, compiled on first use by native.py) unless `cpu_kernel=False`.
+Elsewhere, and where the C++ cannot be built, a lax.scan computes the same: every step's input
+projection as one (T*B, E) @ (E, 4H) matmul before the loop, and the weight gradients as one matmul
+each after the backward loop. Both are tested against autodiff of a plain LSTM;
+benchmarks/lstm_vs_pytorch.py measures them.
 """
 
 import functools
@@ -115,20 +115,20 @@ def _kernel_backward(reverse, residuals, cotangents):
   return d_x, tuple(d_weights)
 
 
-class _How(NamedTuple):
+class _LayerOptions(NamedTuple):
   reverse: bool  # read the sequence from its end
   kernel: bool  # lstm_cpu.cc (loaded; on CPU), not the scan
   with_states: bool  # return (states, last); False: only last, and no states' gradient to read
 
 
-def _layer_forward(x, valid, weights, how):
-  run = _kernel_forward if how.kernel else _scan_forward
-  (states, last), residuals = run(x, valid, weights, how.reverse)
-  return ((states, last) if how.with_states else last), residuals
+def _layer_forward(x, valid, weights, options):
+  run = _kernel_forward if options.kernel else _scan_forward
+  (states, last), residuals = run(x, valid, weights, options.reverse)
+  return ((states, last) if options.with_states else last), residuals
 
 
-def _layer_backward(how, residuals, cotangents):
-  reverse, kernel, with_states = how
+def _layer_backward(options, residuals, cotangents):
+  reverse, kernel, with_states = options
   d_states, d_last = cotangents if with_states else (None, cotangents)
   if d_states is None and not kernel:
     d_states = jnp.zeros(residuals[0].shape[:2] + d_last.shape[-1:], d_last.dtype)
@@ -137,10 +137,10 @@ def _layer_backward(how, residuals, cotangents):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _layer(x, valid, weights, how: _How):
+def _layer(x, valid, weights, options: _LayerOptions):
   """One LSTM layer, time-major: (T, B, E) x, (T, B) valid, weights ((E, 4H) W_x, (H, 4H) W_h, (4H)
-  bias) -> (T, B, H) states and the (B, H) last, or only the last (see _How)."""
-  return _layer_forward(x, valid, weights, how)[0]
+  bias) -> (T, B, H) states and the (B, H) last, or only the last (see _LayerOptions)."""
+  return _layer_forward(x, valid, weights, options)[0]
 
 
 _layer.defvjp(_layer_forward, _layer_backward)
@@ -165,9 +165,10 @@ class LSTM(nn.Module):
         lambda key, shape: jnp.zeros(shape).at[self.hidden:2 * self.hidden].set(1.0), (None,)), (gates,))
     kernel = (self.cpu_kernel and x.dtype == jnp.float32 and jax.default_backend() == 'cpu'
               and native.load('lstm_cpu', _KERNELS))
-    # Time-major for the recurrence; transposing x (E wide) is cheaper than its projection (4H wide).
+    # Time-major: a step's rows are contiguous, and transposing x (E wide) is cheaper than
+    # transposing anything 4H wide.
     out = _layer(x.swapaxes(0, 1), valid.T, (w_input, w_recurrent, bias),
-                 _How(self.reverse, kernel, self.return_states))
+                 _LayerOptions(self.reverse, kernel, self.return_states))
     return (out[0].swapaxes(0, 1), out[1]) if self.return_states else (None, out)
 
 
