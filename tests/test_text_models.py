@@ -292,3 +292,26 @@ def test_an_lstm_returning_only_its_last_state_has_the_same_gradients(cpu_kernel
 
   for got, want in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('shape', [(1, 1, 1, 1), (0, 4, 3, 2), (5, 0, 3, 2), (9, 17, 33, 17)],
+                         ids=['one-of-each', 'no-steps', 'empty-batch', 'odd-sizes'])
+def test_the_cpp_layer_matches_the_scan_at_edge_shapes(shape):
+  """(B, T, E, H): single units, nothing to run over, and sizes that fill no vector or tile evenly."""
+  from bigjax.models import lstm, native
+  assert native.load('lstm_cpu', lstm._KERNELS)
+  batch, steps, embed, hidden = shape
+  keys = jax.random.split(jax.random.key(8), 5)
+  x = jax.random.normal(keys[0], (steps, batch, embed))
+  valid = jax.random.bernoulli(keys[1], 0.7, (steps, batch))
+  weights = (jax.random.normal(keys[2], (embed, 4 * hidden)) * 0.3,
+             jax.random.normal(keys[3], (hidden, 4 * hidden)) * 0.3, jax.random.normal(keys[4], (4 * hidden,)))
+
+  def value_and_grads(kernel):
+    def loss(x, weights):
+      states, last = lstm._layer(x, valid, weights, lstm._LayerOptions(False, kernel, True))
+      return jnp.sum(jnp.sin(states)) + jnp.sum(last ** 2)
+    return jax.jit(jax.value_and_grad(loss, (0, 1)))(x, weights)
+
+  for got, want in zip(jax.tree.leaves(value_and_grads(True)), jax.tree.leaves(value_and_grads(False))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(jnp.abs(want).max(initial=0))))

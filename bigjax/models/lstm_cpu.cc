@@ -204,10 +204,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t parts, F part) {
   while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
 }
 
-// The batch split over the pool's threads, in whole tiles of rows where the batch allows.
+// The batch split over the pool's threads, in whole tiles of rows where the batch allows (at least
+// one row a part: an empty batch is no part at all).
 int64_t RowsPerPart(ffi::ThreadPool& pool, int64_t batch) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return RoundUp((batch + threads - 1) / threads, batch >= threads * kRows ? kRows : 1);
+  return std::max<int64_t>(1, RoundUp((batch + threads - 1) / threads, batch >= threads * kRows ? kRows : 1));
 }
 
 // --- the layer ------------------------------------------------------------------------------------
