@@ -305,7 +305,8 @@ def test_the_cpp_layer_matches_the_scan_at_edge_shapes(shape):
   x = jax.random.normal(keys[0], (steps, batch, embed))
   valid = jax.random.bernoulli(keys[1], 0.7, (steps, batch))
   weights = (jax.random.normal(keys[2], (embed, 4 * hidden)) * 0.3,
-             jax.random.normal(keys[3], (hidden, 4 * hidden)) * 0.3, jax.random.normal(keys[4], (4 * hidden,)))
+             jax.random.normal(keys[3], (hidden, 4 * hidden)) * 0.3,
+             jax.random.normal(keys[4], (4 * hidden,)))
 
   def value_and_grads(kernel):
     def loss(x, weights):
@@ -314,4 +315,5 @@ def test_the_cpp_layer_matches_the_scan_at_edge_shapes(shape):
     return jax.jit(jax.value_and_grad(loss, (0, 1)))(x, weights)
 
   for got, want in zip(jax.tree.leaves(value_and_grads(True)), jax.tree.leaves(value_and_grads(False))):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(jnp.abs(want).max(initial=0))))
+    scale = max(1.0, float(jnp.abs(want).max(initial=0)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
