@@ -17,3 +17,10 @@ def replaced_atomically(path: str, mode: str = 'w', **open_kwargs):
       os.remove(tmp)
     raise
   os.replace(tmp, path)
+
+
+def cache_dir() -> str:
+  """Where bigjax keeps what it can rebuild (the CPU's measured peak, compiled C++ kernels):
+  $BIGJAX_CACHE_DIR, else $XDG_CACHE_HOME/bigjax, else ~/.cache/bigjax."""
+  return os.environ.get('BIGJAX_CACHE_DIR') or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'bigjax')

@@ -29,7 +29,6 @@ PEAK_FLOPS = {
     'NVIDIA H100': 989e12,
     'NVIDIA H200': 989e12,
 }
-_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'bigjax', 'cpu_peak_flops.json')
 
 
 def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> float:
@@ -71,13 +70,14 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
   if device.platform == 'cpu':  # simulated CPU devices share the same cores: one peak in all
     key = f'{platform.processor() or platform.machine()} x{os.cpu_count()} jax{jax.__version__}'
     cache = {}
-    if os.path.exists(_CACHE):
-      with open(_CACHE) as f:
+    path = os.path.join(files.cache_dir(), 'cpu_peak_flops.json')
+    if os.path.exists(path):
+      with open(path) as f:
         cache = json.load(f)
     if key not in cache:
       cache[key] = _measure_cpu_matmul()
-      os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
-      with files.replaced_atomically(_CACHE) as f:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with files.replaced_atomically(path) as f:
         json.dump(cache, f)
     return cache[key], 'measured float32 matmul, cached'
   for prefix, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):

@@ -1,7 +1,7 @@
 """bigjax's C++ CPU kernels (XLA FFI handlers): compiled on first use, cached, registered with jax.
 
-Built with the machine's g++ for its own CPU (-march=native) into a cache keyed by the source, the
-flags, jaxlib and the CPU, so a fresh machine needs no build step and a changed source rebuilds.
+Built with the machine's g++ for its own CPU (-march=native) into files.cache_dir(), keyed by the
+source, the flags, jaxlib and the CPU, so a fresh machine needs no build step and a changed source rebuilds.
 Without a compiler (or if the build fails) `load` logs why once and returns None: callers keep an
 XLA path for that, and for every other platform.
 """
@@ -18,13 +18,10 @@ import jax
 import jaxlib
 from absl import logging
 
+from bigjax import files
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
-
-
-def cache_dir() -> str:
-  return os.environ.get('BIGJAX_CACHE_DIR') or os.path.join(
-      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'bigjax')
 
 
 def _cpu_id() -> str:
@@ -43,12 +40,13 @@ def _build(source: str) -> str:
   key = hashlib.sha256(b'\0'.join([code, ' '.join(_FLAGS).encode(), jaxlib.__version__.encode(),
                                    _cpu_id().encode()])).hexdigest()[:16]
   name = os.path.splitext(os.path.basename(source))[0]
-  library = os.path.join(cache_dir(), f'{name}-{key}.so')
+  library = os.path.join(files.cache_dir(), f'{name}-{key}.so')
   if not os.path.exists(library):
-    os.makedirs(cache_dir(), exist_ok=True)
+    os.makedirs(files.cache_dir(), exist_ok=True)
     logging.info('compiling %s (once per source and CPU) into %s', source, library)
-    # Built beside its final name and renamed: a concurrent process never loads half a file.
-    fd, partial = tempfile.mkstemp(suffix='.so', dir=cache_dir())
+    # Built beside its final name and renamed: a concurrent process never loads half a file. (A
+    # unique temporary name, not files.replaced_atomically's fixed one: two processes may build at once.)
+    fd, partial = tempfile.mkstemp(suffix='.so', dir=files.cache_dir())
     os.close(fd)
     try:
       subprocess.run(['g++', *_FLAGS, '-isystem', jax.ffi.include_dir(), source, '-o', partial],
