@@ -157,6 +157,9 @@ def main(argv=None) -> dict:
     expected = model(torch.from_numpy(tokens).long()).numpy()
   error = float(np.abs(a.logits(tokens) - expected).max() / np.abs(expected).max())
   log(f'check: max |logits bigjax - pytorch| / max |logits| = {error:.2e}')
+  from bigjax.models import lstm, native  # built and loaded already by Bigjax's first trace
+  log('bigjax LSTM layer: ' + ('C++ (bigjax/models/lstm_cpu.cc)' if native.load('lstm_cpu', lstm._KERNELS)
+                               else 'lax.scan: the C++ could not be built (see the warning above)'))
   if error > 1e-4:
     raise SystemExit('bigjax and the PyTorch model disagree: they are not the same model')
   contenders = {'bigjax': a, 'pytorch': Torch(model)}

@@ -2,7 +2,7 @@
 
 Built with the machine's g++ for its own CPU (-march=native) into files.cache_dir(), keyed by the
 source, the flags, jaxlib and the CPU, so a fresh machine needs no build step and a changed source rebuilds.
-Without a compiler (or if the build fails) `load` logs why once and returns None: callers keep an
+Without a compiler (or if the build fails) `load` logs why once and returns False: callers keep an
 XLA path for that, and for every other platform.
 """
 
