@@ -40,6 +40,16 @@ def test_the_backward_direction_reads_the_sequence_from_its_end():
   np.testing.assert_allclose(backward_states, forward_states[:, ::-1], atol=1e-6)
 
 
+def test_time_major_is_the_same_layer_transposed():
+  x = jax.random.normal(jax.random.key(1), (3, 6, 5))
+  valid = jnp.arange(6) < jnp.array([[6], [2], [4]])  # right padding, of three lengths
+  params = nn.meta.unbox(LSTM(4).init(jax.random.key(0), x, valid)['params'])
+  states, last = LSTM(4).apply({'params': params}, x, valid)
+  states_tm, last_tm = LSTM(4, time_major=True).apply({'params': params}, x.swapaxes(0, 1), valid.T)
+  np.testing.assert_array_equal(states_tm.swapaxes(0, 1), states)
+  np.testing.assert_array_equal(last_tm, last)
+
+
 CLASSIFIERS = [
     LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, pooling='last'),
     LSTMClassifier(3, vocab_size=30, embed_dim=8, hidden=6, pooling='mean'),
@@ -89,8 +99,8 @@ def test_word_dropout_zeroes_whole_embeddings_in_training_only():
   seen = []
 
   def record_lstm_inputs(next_fun, args, kwargs, context):
-    if isinstance(context.module, LSTM):
-      seen.append(args[0])
+    if isinstance(context.module, LSTM):  # (T, B, E) when time-major, as the classifier runs it
+      seen.append(args[0].swapaxes(0, 1) if context.module.time_major else args[0])
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record_lstm_inputs):
