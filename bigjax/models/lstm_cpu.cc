@@ -9,9 +9,10 @@
 // the backward accumulates the weight gradients as it goes (one matmul per kBlock steps), so the
 // (T, B, 4H) gate gradients, the largest array of the layer, never reach memory.
 //
-// Threads split the batch: each part runs its rows' whole recurrence alone (no barrier per step),
-// and a row's states and input gradient are the same bits whatever the split. The weight gradients
-// are summed over the parts in a fixed order: the same bits for the same thread count.
+// Threads split the batch: each runs its rows' whole recurrence alone (no barrier per step), and one
+// that finishes early takes over half of a busy one's remaining rows (RunRows). A row's states and
+// input gradient are the same bits whoever ran it. The weight gradients are summed per fixed group
+// of rows and then over the groups in order: the same bits for the same thread count.
 //
 // It computes what bigjax/models/lstm.py's scan path computes (tests/test_text_models.py checks),
 // with the same gate order [input, forget, cell, output]. What the backward reads is smaller:
@@ -204,11 +205,73 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t parts, F part) {
   while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
 }
 
-// The batch split over the pool's threads, in whole tiles of rows where the batch allows (at least
-// one row a part: an empty batch is no part at all).
-int64_t RowsPerPart(ffi::ThreadPool& pool, int64_t batch) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return std::max<int64_t>(1, RoundUp((batch + threads - 1) / threads, batch >= threads * kRows ? kRows : 1));
+// The batch in groups of rows, the unit RunRows splits and moves between threads: `per_thread`
+// groups a thread to start with, in whole tiles of rows where the batch allows.
+int64_t GroupRows(ffi::ThreadPool& pool, int64_t batch, int64_t per_thread) {
+  const int64_t split = std::max<int64_t>(1, pool.num_threads()) * per_thread;
+  return std::max<int64_t>(1, RoundUp((batch + split - 1) / split, batch >= split * kRows ? kRows : 1));
+}
+
+constexpr int kClosed = -2, kOpen = -1;  // RunRows: a part not running steps; running, none asking
+
+// Runs step(part, r0, r1, s) over rows [r0, r1) of the batch for each step s in order, every row
+// once a step, where rows are independent of each other. The batch's groups of group_rows rows are
+// split among parts (ParallelFor's, one a thread), each running its rows through all the steps; a
+// part that finishes takes the upper half of the groups a busy part has left, from that one's next
+// step on. Why: the two cores of this VM run at speeds that wander by 10% within a call, and with a
+// fixed split the call waited on the slower part for 7% of its time. A row's results do not depend
+// on which part ran it, and what a group accumulates over the steps is kept by the group.
+template <typename F>
+void RunRows(ffi::ThreadPool& pool, int64_t batch, int64_t group_rows, int64_t steps, F step) {
+  struct alignas(64) Worker {
+    std::atomic<int> asker{kClosed};  // kClosed, kOpen, or the part asking this one for groups
+    std::atomic<int> answer{0};  // to this part's last request: 0 pending, 1 granted the gift, 2 refused
+    int64_t gift_lo = 0, gift_hi = 0, gift_from = 0;  // groups [lo, hi), from step `from`
+  };
+  const int64_t groups = (batch + group_rows - 1) / group_rows;
+  const int64_t parts = std::min<int64_t>(groups, std::max<int64_t>(1, pool.num_threads()));
+  std::vector<Worker> workers(parts);
+  ParallelFor(pool, parts, [&](int64_t part) {
+    Worker& me = workers[part];
+    int64_t lo = part * groups / parts, hi = (part + 1) * groups / parts, from = 0;
+    do {
+      me.asker.store(kOpen, std::memory_order_release);
+      for (int64_t s = from; s < steps; ++s) {
+        if (const int asker = me.asker.load(std::memory_order_acquire); asker >= 0) {
+          const int64_t give = (hi - lo) / 2;  // our upper half; none if we are down to one group
+          Worker& idle = workers[asker];
+          if (give) idle.gift_lo = hi - give, idle.gift_hi = hi, idle.gift_from = s, hi -= give;
+          idle.answer.store(give ? 1 : 2, std::memory_order_release);  // with our writes to its rows
+          me.asker.store(kOpen, std::memory_order_release);
+        }
+        step(part, lo * group_rows, std::min(batch, hi * group_rows), s);
+      }
+      if (const int asker = me.asker.exchange(kClosed, std::memory_order_acq_rel); asker >= 0)
+        workers[asker].answer.store(2, std::memory_order_release);
+      // Done: ask each running part for groups until one gives some, or each has refused or finished.
+      std::vector<bool> refused(parts, false);
+      bool granted = false, asking = true;
+      while (!granted && asking) {
+        asking = false;
+        for (int64_t other = 0; other < parts && !granted; ++other) {
+          if (other == part || refused[other] || workers[other].asker.load(std::memory_order_acquire) == kClosed)
+            continue;
+          asking = true;
+          me.answer.store(0, std::memory_order_relaxed);
+          int open = kOpen;
+          if (!workers[other].asker.compare_exchange_strong(open, static_cast<int>(part), std::memory_order_acq_rel))
+            continue;  // another part is asking it: try it again on the next round
+          int answer;
+          while ((answer = me.answer.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+          granted = answer == 1;
+          refused[other] = !granted;
+        }
+        if (!granted && asking) std::this_thread::yield();
+      }
+      if (granted) lo = me.gift_lo, hi = me.gift_hi, from = me.gift_from;
+      else break;
+    } while (true);
+  });
 }
 
 // --- the layer ------------------------------------------------------------------------------------
@@ -227,41 +290,39 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F3
   const float* xs = x.typed_data();
   const bool* real = valid.typed_data();
   float *h_out = states->typed_data(), *c_out = cells->typed_data(), *g_out = gates->typed_data();
-  const int64_t rows_per_part = RowsPerPart(pool, batch);
+  std::vector<float> xh(batch * inputs, 0.0f), c(batch * hidden, 0.0f);  // every row's [x_t, h] and c
+  std::vector<std::vector<float>> pre(std::max<int64_t>(1, pool.num_threads()));  // each part's gates before activation
 
-  ParallelFor(pool, (batch + rows_per_part - 1) / rows_per_part, [&](int64_t part) {
-    const int64_t r0 = part * rows_per_part, rows = std::min(rows_per_part, batch - r0);
-    std::vector<float> xh(rows * inputs, 0.0f), c(rows * hidden, 0.0f), pre(rows * width_padded);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = reverse ? steps - 1 - s : s;
-      for (int64_t i = 0; i < rows; ++i)
-        std::memcpy(&xh[i * inputs], xs + (t * batch + r0 + i) * embed, embed * sizeof(float));
-      Gemm(Matrix{xh.data(), inputs, 1}, rows, inputs, Right{w.data(), width_padded, inputs, 0}, pre.data(),
-           width_padded, false);
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * batch + r0 + i;
-        const float* p = &pre[i * width_padded];
-        float* a = g_out + row * width;
-        AddMap(p, b, a, 2 * hidden, [](auto v) { return Sigmoid(v); });  // input, forget
-        AddMap(p + 2 * hidden, b + 2 * hidden, a + 2 * hidden, hidden, [](auto v) { return Tanh(v); });
-        AddMap(p + 3 * hidden, b + 3 * hidden, a + 3 * hidden, hidden, [](auto v) { return Sigmoid(v); });
-        float *h = &xh[i * inputs + embed], *cr = &c[i * hidden];
-        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
-        if (real[row]) {  // a pad leaves the state as it was
-          Lanes(hidden, [&](int64_t u, auto lane) {
-            using T = decltype(lane);
-            const T c_next = At<T>(gf + u) * At<T>(cr + u) + At<T>(gi + u) * At<T>(gg + u);
-            Put(cr + u, c_next);
-            Put(h + u, At<T>(go + u) * Tanh(c_next));
-          });
-        }
-        std::memcpy(h_out + row * hidden, h, hidden * sizeof(float));
-        std::memcpy(c_out + row * hidden, cr, hidden * sizeof(float));
+  RunRows(pool, batch, GroupRows(pool, batch, 4), steps, [&](int64_t part, int64_t r0, int64_t r1, int64_t s) {
+    const int64_t t = reverse ? steps - 1 - s : s, rows = r1 - r0;
+    std::vector<float>& p_part = pre[part];
+    if (p_part.size() < static_cast<size_t>(rows * width_padded)) p_part.resize(rows * width_padded);
+    for (int64_t i = r0; i < r1; ++i) std::memcpy(&xh[i * inputs], xs + (t * batch + i) * embed, embed * sizeof(float));
+    Gemm(Matrix{&xh[r0 * inputs], inputs, 1}, rows, inputs, Right{w.data(), width_padded, inputs, 0}, p_part.data(),
+         width_padded, false);
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t row = t * batch + i;
+      const float* p = &p_part[(i - r0) * width_padded];
+      float* a = g_out + row * width;
+      AddMap(p, b, a, 2 * hidden, [](auto v) { return Sigmoid(v); });  // input, forget
+      AddMap(p + 2 * hidden, b + 2 * hidden, a + 2 * hidden, hidden, [](auto v) { return Tanh(v); });
+      AddMap(p + 3 * hidden, b + 3 * hidden, a + 3 * hidden, hidden, [](auto v) { return Sigmoid(v); });
+      float *h = &xh[i * inputs + embed], *cr = &c[i * hidden];
+      const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
+      if (real[row]) {  // a pad leaves the state as it was
+        Lanes(hidden, [&](int64_t u, auto lane) {
+          using T = decltype(lane);
+          const T c_next = At<T>(gf + u) * At<T>(cr + u) + At<T>(gi + u) * At<T>(gg + u);
+          Put(cr + u, c_next);
+          Put(h + u, At<T>(go + u) * Tanh(c_next));
+        });
       }
+      std::memcpy(h_out + row * hidden, h, hidden * sizeof(float));
+      std::memcpy(c_out + row * hidden, cr, hidden * sizeof(float));
     }
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(last->typed_data() + (r0 + i) * hidden, &xh[i * inputs + embed], hidden * sizeof(float));
   });
+  for (int64_t i = 0; i < batch; ++i)
+    std::memcpy(last->typed_data() + i * hidden, &xh[i * inputs + embed], hidden * sizeof(float));
   return ffi::Error::Success();
 }
 
@@ -280,89 +341,108 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
   const float *d_out = d_states.typed_data(), *d_fin = d_last.typed_data();
   const bool states_used = d_states.element_count() > 0;  // empty: the layer's caller read only `last`
   const bool* real = valid.typed_data();
-  const int64_t rows_per_part = RowsPerPart(pool, batch), parts = (batch + rows_per_part - 1) / rows_per_part;
-  // Each part's weight and bias gradients, ([W_x; W_h] rows, 4H padded) and (4H padded), zeroed by
-  // the part itself: in parallel, and into its own core's cache.
-  std::vector<std::vector<float>> d_w(parts), d_b(parts);
+  // The weight gradients are summed by groups of rows, each over its steps in order, and then over
+  // the groups in order: the same bits whichever thread ran a group when.
+  const int64_t group_rows = GroupRows(pool, batch, 2), groups = (batch + group_rows - 1) / group_rows;
+  struct Group {
+    std::vector<float> d_w, d_b;  // ([W_x; W_h] rows, 4H padded) and (4H padded)
+    std::vector<float> xh_block, d_pre_block;  // the last kBlock steps' [x_t, h_{t-1}] and d_pre (packed)
+  };
+  std::vector<Group> group(groups);
+  std::vector<float> dh(d_fin, d_fin + batch * hidden), dc(batch * hidden, 0.0f);  // every row's
+  std::vector<std::vector<float>> d_pre(std::max<int64_t>(1, pool.num_threads())), d_xh(d_pre.size());  // a part's
 
-  ParallelFor(pool, parts, [&](int64_t part) {
-    const int64_t r0 = part * rows_per_part, rows = std::min(rows_per_part, batch - r0);
-    std::vector<float> dh(d_fin + r0 * hidden, d_fin + (r0 + rows) * hidden), dc(rows * hidden, 0.0f);
-    // The last kBlock steps' [x_t, h_{t-1}] and d_pre (packed), for one weight-gradient matmul.
-    const int64_t block_rows = kBlock * rows;
-    std::vector<float> d_pre_block(block_rows * width_padded), xh_block(block_rows * inputs);
-    std::vector<float> d_pre(rows * width_padded, 0.0f), d_xh(rows * inputs_padded);
-    d_w[part].assign(inputs * width_padded, 0.0f);
-    d_b[part].assign(width_padded, 0.0f);
-    float* d_b_part = d_b[part].data();
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = reverse ? s : steps - 1 - s;  // back through the forward's order
-      const int64_t t_before = reverse ? t + 1 : t - 1, first = s == steps - 1;  // the forward's previous step
-      float* xh = &xh_block[(s % kBlock) * rows * inputs];
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * batch + r0 + i, row_before = t_before * batch + r0 + i;
-        const float *h_before = first ? zeros.data() : hs + row_before * hidden;
-        const float *c_before = first ? zeros.data() : cs + row_before * hidden, *c_after = cs + row * hidden;
-        std::memcpy(&xh[i * inputs], xs + row * embed, embed * sizeof(float));
-        std::memcpy(&xh[i * inputs + embed], h_before, hidden * sizeof(float));
-        float *dhr = &dh[i * hidden], *dcr = &dc[i * hidden];
-        float* dp = &d_pre[i * width_padded];
-        const float *a = gs + row * width, *d_o = states_used ? d_out + row * hidden : zeros.data();
-        if (!real[row]) {  // a pad passed the state through: so does its gradient
-          Lanes(hidden, [&](int64_t u, auto lane) { Put(dhr + u, At<decltype(lane)>(dhr + u) + At<decltype(lane)>(d_o + u)); });
-          std::memset(dp, 0, width * sizeof(float));
-          continue;
-        }
-        const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
-        Lanes(hidden, [&](int64_t u, auto lane) {
-          using T = decltype(lane);
-          const T i = At<T>(gi + u), f = At<T>(gf + u), g = At<T>(gg + u), o = At<T>(go + u);
-          const T tanh_c = Tanh(At<T>(c_after + u));  // as the forward computed it
-          const T d_h = At<T>(dhr + u) + At<T>(d_o + u);
-          const T d_c = At<T>(dcr + u) + d_h * o * (1.0f - tanh_c * tanh_c);
-          // through the activation: s (1 - s) for a sigmoid, 1 - g^2 for the tanh
-          Put(dp + u, d_c * g * (i * (1.0f - i)));
-          Put(dp + hidden + u, d_c * At<T>(c_before + u) * (f * (1.0f - f)));
-          Put(dp + 2 * hidden + u, d_c * i * (1.0f - g * g));
-          Put(dp + 3 * hidden + u, d_h * tanh_c * (o * (1.0f - o)));
-          Put(dcr + u, d_c * f);
-        });
+  RunRows(pool, batch, group_rows, steps, [&](int64_t part, int64_t r0, int64_t r1, int64_t s) {
+    const int64_t t = reverse ? s : steps - 1 - s;  // back through the forward's order
+    const int64_t t_before = reverse ? t + 1 : t - 1, first = s == steps - 1;  // the forward's previous step
+    const int64_t rows = r1 - r0, g0 = r0 / group_rows, g1 = (r1 + group_rows - 1) / group_rows;
+    std::vector<float> &dp_part = d_pre[part], &dxh_part = d_xh[part];
+    if (dp_part.size() < static_cast<size_t>(rows * width_padded)) {
+      dp_part.assign(rows * width_padded, 0.0f);
+      dxh_part.resize(rows * inputs_padded);
+    }
+    for (int64_t g = g0; g < g1; ++g) {
+      Group& grp = group[g];
+      if (grp.d_w.empty()) {  // allocated and zeroed by the first part to run it, on its own core
+        const int64_t block_rows = kBlock * std::min(group_rows, batch - g * group_rows);
+        grp.d_w.assign(inputs * width_padded, 0.0f);
+        grp.d_b.assign(width_padded, 0.0f);
+        grp.xh_block.resize(block_rows * inputs);
+        grp.d_pre_block.resize(block_rows * width_padded);
       }
-      for (int64_t i = 0; i < rows; ++i) {
-        const float* dp = &d_pre[i * width_padded];
-        PackRow(dp, (s % kBlock) * rows + i, width_padded, block_rows, d_pre_block.data());
-        for (int64_t j = 0; j < width_padded; j += kLanes) Store(d_b_part + j, Load(d_b_part + j) + Load(dp + j));
+    }
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t row = t * batch + i, row_before = t_before * batch + i;
+      const int64_t g = i / group_rows, g_rows = std::min(group_rows, batch - g * group_rows);
+      float* xh = &group[g].xh_block[((s % kBlock) * g_rows + i - g * group_rows) * inputs];
+      const float *h_before = first ? zeros.data() : hs + row_before * hidden;
+      const float *c_before = first ? zeros.data() : cs + row_before * hidden, *c_after = cs + row * hidden;
+      std::memcpy(xh, xs + row * embed, embed * sizeof(float));
+      std::memcpy(xh + embed, h_before, hidden * sizeof(float));
+      float *dhr = &dh[i * hidden], *dcr = &dc[i * hidden];
+      float* dp = &dp_part[(i - r0) * width_padded];
+      const float *a = gs + row * width, *d_o = states_used ? d_out + row * hidden : zeros.data();
+      if (!real[row]) {  // a pad passed the state through: so does its gradient
+        Lanes(hidden, [&](int64_t u, auto lane) { Put(dhr + u, At<decltype(lane)>(dhr + u) + At<decltype(lane)>(d_o + u)); });
+        std::memset(dp, 0, width * sizeof(float));
+        continue;
       }
-      // [d x_t, d h_{t-1}] = d_pre @ [W_x; W_h]^T; a pad's row of d_pre is 0, so is its d x_t
-      Gemm(Matrix{d_pre.data(), width_padded, 1}, rows, width, Right{w_t.data(), inputs_padded, width, 0},
-           d_xh.data(), inputs_padded, false);
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t row = t * batch + r0 + i;
-        std::memcpy(d_x->typed_data() + row * embed, &d_xh[i * inputs_padded], embed * sizeof(float));
-        if (real[row]) std::memcpy(&dh[i * hidden], &d_xh[i * inputs_padded + embed], hidden * sizeof(float));
-      }
-      // Every kBlock steps, and after the last: [d W_x; d W_h] += [x_t, h_{t-1}]^T @ d_pre over them,
-      // (Step by step, K would be only the part's rows.) d bias sums d_pre's rows as they come.
-      if (s % kBlock == kBlock - 1 || s == steps - 1) {
-        const int64_t k = (s % kBlock + 1) * rows;
-        Gemm(Matrix{xh_block.data(), 1, inputs}, inputs, k, Right{d_pre_block.data(), width_padded, block_rows, 0},
-             d_w[part].data(), width_padded, true);
+      const float *gi = a, *gf = a + hidden, *gg = a + 2 * hidden, *go = a + 3 * hidden;
+      Lanes(hidden, [&](int64_t u, auto lane) {
+        using T = decltype(lane);
+        const T i = At<T>(gi + u), f = At<T>(gf + u), g = At<T>(gg + u), o = At<T>(go + u);
+        const T tanh_c = Tanh(At<T>(c_after + u));  // as the forward computed it
+        const T d_h = At<T>(dhr + u) + At<T>(d_o + u);
+        const T d_c = At<T>(dcr + u) + d_h * o * (1.0f - tanh_c * tanh_c);
+        // through the activation: s (1 - s) for a sigmoid, 1 - g^2 for the tanh
+        Put(dp + u, d_c * g * (i * (1.0f - i)));
+        Put(dp + hidden + u, d_c * At<T>(c_before + u) * (f * (1.0f - f)));
+        Put(dp + 2 * hidden + u, d_c * i * (1.0f - g * g));
+        Put(dp + 3 * hidden + u, d_h * tanh_c * (o * (1.0f - o)));
+        Put(dcr + u, d_c * f);
+      });
+    }
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t g = i / group_rows, g_rows = std::min(group_rows, batch - g * group_rows);
+      const float* dp = &dp_part[(i - r0) * width_padded];
+      PackRow(dp, (s % kBlock) * g_rows + i - g * group_rows, width_padded, kBlock * g_rows,
+              group[g].d_pre_block.data());
+      float* d_b = group[g].d_b.data();
+      for (int64_t j = 0; j < width_padded; j += kLanes) Store(d_b + j, Load(d_b + j) + Load(dp + j));
+    }
+    // [d x_t, d h_{t-1}] = d_pre @ [W_x; W_h]^T; a pad's row of d_pre is 0, so is its d x_t
+    Gemm(Matrix{dp_part.data(), width_padded, 1}, rows, width, Right{w_t.data(), inputs_padded, width, 0},
+         dxh_part.data(), inputs_padded, false);
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t row = t * batch + i;
+      std::memcpy(d_x->typed_data() + row * embed, &dxh_part[(i - r0) * inputs_padded], embed * sizeof(float));
+      if (real[row]) std::memcpy(&dh[i * hidden], &dxh_part[(i - r0) * inputs_padded + embed], hidden * sizeof(float));
+    }
+    // Every kBlock steps, and after the last: a group's [d W_x; d W_h] += [x_t, h_{t-1}]^T @ d_pre over
+    // them. (Step by step, K would be only the group's rows.) d bias sums d_pre's rows as they come.
+    if (s % kBlock == kBlock - 1 || s == steps - 1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t g_rows = std::min(group_rows, batch - g * group_rows);
+        Group& grp = group[g];
+        Gemm(Matrix{grp.xh_block.data(), 1, inputs}, inputs, (s % kBlock + 1) * g_rows,
+             Right{grp.d_pre_block.data(), width_padded, kBlock * g_rows, 0}, grp.d_w.data(), width_padded, true);
       }
     }
   });
-  // The parts' sums, in part order.
-  auto sum_parts = [&](const std::vector<std::vector<float>>& part_sums, int64_t offset, int64_t n, float* out) {
+  // The groups' sums, in group order.
+  auto sum_groups = [&](std::vector<float> Group::*field, int64_t offset, int64_t n, float* out) {
     Lanes(n, [&](int64_t j, auto lane) {
       using T = decltype(lane);
       T sum = T{};
-      for (const auto& part_sum : part_sums) sum = sum + At<T>(part_sum.data() + offset + j);
+      for (const Group& grp : group)
+        if (!(grp.*field).empty()) sum = sum + At<T>((grp.*field).data() + offset + j);  // empty: no step ran
       Put(out + j, sum);
     });
   };
   for (int64_t k = 0; k < inputs; ++k)
-    sum_parts(d_w, k * width_padded, width, k < embed ? d_w_input->typed_data() + k * width
-                                                       : d_w_recurrent->typed_data() + (k - embed) * width);
-  sum_parts(d_b, 0, width, d_bias->typed_data());
+    sum_groups(&Group::d_w, k * width_padded, width, k < embed ? d_w_input->typed_data() + k * width
+                                                               : d_w_recurrent->typed_data() + (k - embed) * width);
+  sum_groups(&Group::d_b, 0, width, d_bias->typed_data());
   return ffi::Error::Success();
 }
 
