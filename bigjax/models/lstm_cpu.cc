@@ -100,7 +100,6 @@ inline void AddMap(const float* a, const float* b, float* out, int64_t n, F f) {
 // strips: either packed (each strip contiguous, k-major: the weights, packed once per call) or in
 // place (row stride ldb, rows padded to whole vectors).
 constexpr int64_t kRows = 8, kStrip = 3;  // 24 accumulator registers of AVX-512's 32
-constexpr int64_t kDepth = 128;  // rows of a B strip per pass: 128 x 48 floats, 24 KB, stay in L1
 
 struct Matrix {  // element (i, k) at data[i * row + k * col]
   const float* data;
@@ -149,16 +148,15 @@ struct Right {  // B: n_padded columns, packed in strips of packed_k rows (see P
 };
 
 void Gemm(Matrix a, int64_t m, int64_t k, Right b, float* c, int64_t ldc, bool accumulate) {
-  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {  // B's strips kDepth deep stay in L1 for all of A's rows
-    const int64_t depth = std::min(kDepth, k - k0);
-    for (int64_t j = 0; j < b.n_padded; j += kStrip * kLanes) {
-      const int64_t width = std::min(kStrip * kLanes, b.n_padded - j);
-      const float* strip = b.packed_k ? b.data + j * b.packed_k + k0 * width : b.data + k0 * b.ldb + j;
-      const int64_t ldb = b.packed_k ? width : b.ldb;
-      for (int64_t i = 0; i < m; i += kRows)
-        kTiles[std::min(kRows, m - i)](width / kLanes, Matrix{a.data + i * a.row + k0 * a.col, a.row, a.col},
-                                       depth, strip, ldb, c + i * ldc + j, ldc, accumulate || k0 > 0);
-    }
+  // One pass over K: passes of 128 rows (each B strip's pass in L1 for all of A's rows) measured
+  // 3-5% slower than streaming the whole strip from L2, with C loaded and stored once.
+  for (int64_t j = 0; j < b.n_padded; j += kStrip * kLanes) {
+    const int64_t width = std::min(kStrip * kLanes, b.n_padded - j);
+    const float* strip = b.packed_k ? b.data + j * b.packed_k : b.data + j;
+    const int64_t ldb = b.packed_k ? width : b.ldb;
+    for (int64_t i = 0; i < m; i += kRows)
+      kTiles[std::min(kRows, m - i)](width / kLanes, Matrix{a.data + i * a.row, a.row, a.col}, k, strip, ldb,
+                                     c + i * ldc + j, ldc, accumulate);
   }
 }
 
