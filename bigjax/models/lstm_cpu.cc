@@ -180,7 +180,7 @@ std::vector<float> Pack(int64_t k, int64_t n, F value) {
   return packed;
 }
 
-constexpr int64_t kBlock = 8;  // steps per weight-gradient matmul in the backward (8 or 16: the same speed)
+constexpr int64_t kBlock = 8;  // steps per weight-gradient matmul in the backward (16: 0.7% slower, 4: 5%)
 
 // --- threads --------------------------------------------------------------------------------------
 // Runs part(p) for p in [0, parts) on XLA's intra-op threads and this one. Parts are claimed from a
