@@ -1,6 +1,8 @@
 """Text classifiers: the masked LSTM (against flax's LSTMCell), every pooling mode, the
 bidirectional path, padding never changing a prediction, and learning a small synthetic task."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 
 from bigjax.models.lstm import LSTM, LSTMClassifier
 from bigjax.models.transformer import TransformerClassifier
+from helpers import REPO, load_script
 
 
 def _init(model, tokens):
@@ -283,6 +286,22 @@ def test_the_kernel_gives_the_same_bits_while_threads_trade_rows():
   for _ in range(10):
     again = ours(params, x)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
+
+
+def test_the_kernel_ab_benchmark_tells_a_numerical_change_from_the_same_code(tmp_path):
+  """benchmarks/lstm_kernel_ab.py: a copy of lstm_cpu.cc gives ref's bits, one whose tanh rounds
+  once more does not, and each gets its timings and ratios."""
+  with open(os.path.join(REPO, 'bigjax', 'models', 'lstm_cpu.cc')) as f:
+    code = f.read()
+  assert 'return x * p / q;' in code
+  (tmp_path / 'copy.cc').write_text(code)
+  (tmp_path / 'tanh.cc').write_text(code.replace('return x * p / q;', 'return x * (p / q);'))
+  ab = load_script(os.path.join(REPO, 'benchmarks', 'lstm_kernel_ab.py'))
+  summary = ab.main([str(tmp_path / 'copy.cc'), str(tmp_path / 'tanh.cc'), '--rounds', '1'])
+  same_bits = [summary[name]['same_bits'] for name in ('ref', 'control', 'copy', 'tanh')]
+  assert same_bits == [True, True, True, False]
+  assert summary['ref']['forward_ratio'] == summary['ref']['backward_ratio'] == 1
+  assert all(s['forward_ms'] > 0 and s['backward_ms'] > 0 for s in summary.values())
 
 
 def test_without_a_compiler_the_kernel_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):

@@ -1,0 +1,137 @@
+"""Times edited copies of bigjax/models/lstm_cpu.cc against the committed one, interleaved (issue #5).
+
+  python benchmarks/lstm_kernel_ab.py [--rounds 101] VARIANT.cc [VARIANT.cc ...]
+
+Contenders: `ref` (the committed bigjax/models/lstm_cpu.cc), `control` (the same file again, built
+under other names: its ratio is the noise floor) and each VARIANT.cc, named by its file name. Each
+is compiled as bigjax does (native.py) with its FFI handlers renamed, and its forward and backward
+calls run on lstm_vs_pytorch.py's shapes (T 256, B 64, E 100, H 200, a tenth of the tokens padding)
+one contender after another, round after round. Whole-step benchmark runs on a shared 2-core VM
+wander by ±0.08 in ratio; this puts the control within 0.3% of ref at 101 rounds.
+
+Per contender it prints the median milliseconds of each call, the median of the rounds' ratios to
+ref (below 1: faster), and whether its outputs are the same bits as ref's. The last stdout line is
+JSON: {name: {"forward_ms", "backward_ms", "forward_ratio", "backward_ratio", "same_bits"}}.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bigjax  # noqa: E402, F401, I001  sets glibc malloc before jax starts its threads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bigjax.models import lstm, native  # noqa: E402
+
+STEPS, BATCH, EMBED, HIDDEN = 256, 64, 100, 200
+REFERENCE = os.path.join(os.path.dirname(native.__file__), 'lstm_cpu.cc')
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('variants', nargs='+', help='edited copies of bigjax/models/lstm_cpu.cc')
+  parser.add_argument('--rounds', type=int, default=101, help='interleaved rounds; the summary: their median')
+  args = parser.parse_args(argv)
+  if args.rounds < 1:
+    parser.error('--rounds must be >= 1')
+  for path in args.variants:
+    if not os.path.isfile(path):
+      parser.error(f'no such file: {path}')
+  names = [os.path.splitext(os.path.basename(path))[0] for path in args.variants]
+  if len(set(names)) < len(names) or {'ref', 'control'} & set(names):
+    parser.error('the variants need distinct file names, other than ref.cc and control.cc')
+  return args, names
+
+
+def _f32(*shape):
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _median_ratio(mine, reference) -> float:
+  return round(statistics.median(a / b for a, b in zip(mine, reference)), 4)
+
+
+def calls(name: str, path: str, build_dir: str, inputs):
+  """Builds path with its handlers renamed to name's, and returns (forward, backward) jitted calls."""
+  with open(path) as f:
+    source = f.read()
+  renamed = os.path.join(build_dir, f'lstm_cpu_{name}.cc')
+  with open(renamed, 'w') as f:
+    for handler in lstm._KERNELS:
+      source = source.replace(handler, f'{handler}_{name}')
+    f.write(source)
+  library = ctypes.cdll.LoadLibrary(native._build(renamed))  # raises if it does not compile
+  for handler in lstm._KERNELS:
+    jax.ffi.register_ffi_target(f'{handler}_{name}', jax.ffi.pycapsule(getattr(library, f'{handler}_{name}')),
+                                platform='cpu')
+  x, valid, weights, d_states, d_last = inputs
+  per_step = _f32(STEPS, BATCH, HIDDEN)  # the states, and the cells
+  forward = jax.jit(lambda x: jax.ffi.ffi_call(f'{lstm._KERNELS[0]}_{name}', (
+      per_step, _f32(BATCH, HIDDEN), per_step, _f32(STEPS, BATCH, 4 * HIDDEN)))(
+          x, valid, *weights, reverse=False))
+  backward = jax.jit(lambda states, cells, gates: jax.ffi.ffi_call(f'{lstm._KERNELS[1]}_{name}', (
+      _f32(STEPS, BATCH, EMBED), _f32(EMBED, 4 * HIDDEN), _f32(HIDDEN, 4 * HIDDEN), _f32(4 * HIDDEN)))(
+          x, valid, *weights[:2], states, cells, gates, d_states, d_last, reverse=False))
+  return forward, backward
+
+
+def main(argv=None) -> dict:
+  args, names = parse_args(argv)
+  rng = np.random.default_rng(0)
+  inputs = (rng.standard_normal((STEPS, BATCH, EMBED), np.float32), rng.random((STEPS, BATCH)) >= 0.1,
+            tuple(0.1 * rng.standard_normal(shape, np.float32)
+                  for shape in ((EMBED, 4 * HIDDEN), (HIDDEN, 4 * HIDDEN), (4 * HIDDEN,))),
+            rng.standard_normal((STEPS, BATCH, HIDDEN), np.float32),  # the states' gradient
+            rng.standard_normal((BATCH, HIDDEN), np.float32))  # the last state's
+  inputs = jax.tree.map(jnp.asarray, inputs)  # on the device once, not copied in every call
+  contenders = {'ref': REFERENCE, 'control': REFERENCE, **dict(zip(names, args.variants))}
+  built = {}
+  with tempfile.TemporaryDirectory() as build_dir:
+    for name, path in contenders.items():
+      try:
+        built[name] = calls(name, path, build_dir, inputs)
+      except subprocess.CalledProcessError as error:
+        print(f'lstm_kernel_ab.py: error: {path} does not compile:\n{error.stderr.strip()[-2000:]}',
+              file=sys.stderr)
+        sys.exit(2)
+  outputs = {}
+  for name, (forward, backward) in built.items():  # compiles each, and checks its bits against ref's
+    states, last, cells, gates = forward(inputs[0])
+    outputs[name] = [np.asarray(a) for a in (states, last, cells, gates, *backward(states, cells, gates))]
+  times = {name: ([], []) for name in built}
+  for round_ in range(args.rounds):
+    for name, (forward, backward) in built.items():
+      start = time.perf_counter()
+      states, _, cells, gates = jax.block_until_ready(forward(inputs[0]))
+      middle = time.perf_counter()
+      jax.block_until_ready(backward(states, cells, gates))
+      times[name][0].append(middle - start)
+      times[name][1].append(time.perf_counter() - middle)
+    if (round_ + 1) % 20 == 0:
+      print(f'round {round_ + 1}/{args.rounds}', flush=True)
+  summary = {}
+  for name, (forward_s, backward_s) in times.items():
+    summary[name] = s = {'forward_ms': round(statistics.median(forward_s) * 1e3, 2),
+                         'backward_ms': round(statistics.median(backward_s) * 1e3, 2),
+                         'forward_ratio': _median_ratio(forward_s, times['ref'][0]),
+                         'backward_ratio': _median_ratio(backward_s, times['ref'][1]),
+                         'same_bits': all(map(np.array_equal, outputs[name], outputs['ref']))}
+    print(f'{name}: forward {s["forward_ms"]} ms ({s["forward_ratio"]} of ref), '
+          f'backward {s["backward_ms"]} ms ({s["backward_ratio"]} of ref), '
+          f'{"the same bits as" if s["same_bits"] else "other bits than"} ref')
+  print(json.dumps(summary))
+  return summary
+
+
+if __name__ == '__main__':
+  main()
