@@ -340,8 +340,11 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 x, ffi::Buffer<ffi::PRED> valid, F
   const bool states_used = d_states.element_count() > 0;  // empty: the layer's caller read only `last`
   const bool* real = valid.typed_data();
   // The weight gradients are summed by groups of rows, each over its steps in order, and then over
-  // the groups in order: the same bits whichever thread ran a group when.
-  const int64_t group_rows = GroupRows(pool, batch, 2), groups = (batch + group_rows - 1) / group_rows;
+  // the groups in order: the same bits whichever thread ran a group when. A group's sums are a
+  // whole (E + H, 4H) matrix, read and written every kBlock steps: at least a tile of rows a group
+  // where the batch allows, so that many threads do not make a sum of a row or two each.
+  const int64_t group_rows = std::max(GroupRows(pool, batch, 2), batch >= 2 * kRows ? kRows : 1);
+  const int64_t groups = (batch + group_rows - 1) / group_rows;
   struct Group {
     std::vector<float> d_w, d_b;  // ([W_x; W_h] rows, 4H padded) and (4H padded)
     std::vector<float> xh_block, d_pre_block;  // the last kBlock steps' [x_t, h_{t-1}] and d_pre (packed)
