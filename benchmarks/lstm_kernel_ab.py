@@ -53,10 +53,6 @@ def parse_args(argv=None):
   return args, names
 
 
-def _f32(*shape):
-  return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
 def _median_ratio(mine, reference) -> float:
   return round(statistics.median(a / b for a, b in zip(mine, reference)), 4)
 
@@ -70,18 +66,15 @@ def calls(name: str, path: str, build_dir: str, inputs):
     for handler in lstm._KERNELS:
       source = source.replace(handler, f'{handler}_{name}')
     f.write(source)
-  library = ctypes.cdll.LoadLibrary(native._build(renamed))  # raises if it does not compile
-  for handler in lstm._KERNELS:
-    jax.ffi.register_ffi_target(f'{handler}_{name}', jax.ffi.pycapsule(getattr(library, f'{handler}_{name}')),
-                                platform='cpu')
+  library = ctypes.cdll.LoadLibrary(native.build(renamed))  # raises if it does not compile
+  targets = tuple(f'{handler}_{name}' for handler in lstm._KERNELS)
+  for target in targets:
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu')
   x, valid, weights, d_states, d_last = inputs
-  per_step = _f32(STEPS, BATCH, HIDDEN)  # the states, and the cells
-  forward = jax.jit(lambda x: jax.ffi.ffi_call(f'{lstm._KERNELS[0]}_{name}', (
-      per_step, _f32(BATCH, HIDDEN), per_step, _f32(STEPS, BATCH, 4 * HIDDEN)))(
-          x, valid, *weights, reverse=False))
-  backward = jax.jit(lambda states, cells, gates: jax.ffi.ffi_call(f'{lstm._KERNELS[1]}_{name}', (
-      _f32(STEPS, BATCH, EMBED), _f32(EMBED, 4 * HIDDEN), _f32(HIDDEN, 4 * HIDDEN), _f32(4 * HIDDEN)))(
-          x, valid, *weights[:2], states, cells, gates, d_states, d_last, reverse=False))
+  # The calls the model makes (lstm.py), to this build's handlers: (states, last), residuals; then
+  # the input and weight gradients.
+  forward = jax.jit(lambda x: lstm._kernel_forward(x, valid, weights, False, targets))
+  backward = jax.jit(lambda residuals: lstm._kernel_backward(False, residuals, (d_states, d_last), targets))
   return forward, backward
 
 
@@ -106,15 +99,16 @@ def main(argv=None) -> dict:
         sys.exit(2)
   outputs = {}
   for name, (forward, backward) in built.items():  # compiles each, and checks its bits against ref's
-    states, last, cells, gates = forward(inputs[0])
-    outputs[name] = [np.asarray(a) for a in (states, last, cells, gates, *backward(states, cells, gates))]
+    (states, last), residuals = forward(inputs[0])
+    d_x, d_weights = backward(residuals)
+    outputs[name] = [np.asarray(a) for a in (states, last, *residuals[3:], d_x, *d_weights)]
   times = {name: ([], []) for name in built}
   for round_ in range(args.rounds):
     for name, (forward, backward) in built.items():
       start = time.perf_counter()
-      states, _, cells, gates = jax.block_until_ready(forward(inputs[0]))
+      _, residuals = jax.block_until_ready(forward(inputs[0]))
       middle = time.perf_counter()
-      jax.block_until_ready(backward(states, cells, gates))
+      jax.block_until_ready(backward(residuals))
       times[name][0].append(middle - start)
       times[name][1].append(time.perf_counter() - middle)
     if (round_ + 1) % 20 == 0:

@@ -93,24 +93,25 @@ def _scan_backward(reverse, residuals, cotangents):
   return token_matmul(d_pre, w_input.T), d_weights
 
 
-def _kernel_forward(x, valid, weights, reverse):
-  """_scan_forward as one FFI call to lstm_cpu.cc; it keeps less for the backward."""
+def _kernel_forward(x, valid, weights, reverse, targets=_KERNELS):
+  """_scan_forward as one FFI call to lstm_cpu.cc; it keeps less for the backward. (targets: the
+  registered names of its two handlers; benchmarks/lstm_kernel_ab.py registers edited copies.)"""
   (steps, batch, _), (hidden, width) = x.shape, weights[1].shape
   state = jax.ShapeDtypeStruct((steps, batch, hidden), x.dtype)
   states, last, cells, gates = jax.ffi.ffi_call(
-      'BigjaxLstmForward', (state, state.update(shape=(batch, hidden)), state,
+      targets[0], (state, state.update(shape=(batch, hidden)), state,
                             state.update(shape=(steps, batch, width))),
       vmap_method='sequential')(x, valid, *weights, reverse=reverse)
   return (states, last), (x, valid, weights, states, cells, gates)
 
 
-def _kernel_backward(reverse, residuals, cotangents):
+def _kernel_backward(reverse, residuals, cotangents, targets=_KERNELS):
   """_scan_backward as one FFI call to lstm_cpu.cc (d_states None: zeros it need not read)."""
   x, valid, weights, *saved = residuals
   d_states, d_last = cotangents
   cotangents = (jnp.zeros((0,), x.dtype) if d_states is None else d_states, d_last)
   like = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, *weights)]
-  d_x, *d_weights = jax.ffi.ffi_call('BigjaxLstmBackward', like, vmap_method='sequential')(
+  d_x, *d_weights = jax.ffi.ffi_call(targets[1], like, vmap_method='sequential')(
       x, valid, *weights[:2], *saved, *cotangents, reverse=reverse)
   return d_x, tuple(d_weights)
 

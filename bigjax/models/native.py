@@ -33,8 +33,9 @@ def _cpu_id() -> str:
     return platform.processor()
 
 
-def _build(source: str) -> str:
-  """The path of source's shared library, compiling it unless the cache has it."""
+def build(source: str) -> str:
+  """The path of source's shared library, compiling it unless the cache has it (raises
+  subprocess.CalledProcessError, with the compiler's stderr, if it does not compile)."""
   with open(source, 'rb') as f:
     code = f.read()
   key = hashlib.sha256(b'\0'.join([code, ' '.join(_FLAGS).encode(), jaxlib.__version__.encode(),
@@ -63,7 +64,7 @@ def load(name: str, handlers: tuple[str, ...]) -> bool:
   """Compiles bigjax/models/{name}.cc and registers each handler as a CPU FFI target of that
   name. False, after one warning, where it cannot be built."""
   try:
-    library = ctypes.cdll.LoadLibrary(_build(os.path.join(_HERE, f'{name}.cc')))
+    library = ctypes.cdll.LoadLibrary(build(os.path.join(_HERE, f'{name}.cc')))
   except (OSError, subprocess.CalledProcessError) as error:
     detail = getattr(error, 'stderr', '') or str(error)
     logging.warning('%s.cc could not be built, so its XLA fallback runs instead (slower): %s',
