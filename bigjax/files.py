@@ -2,13 +2,16 @@
 
 import contextlib
 import os
+import uuid
 
 
 @contextlib.contextmanager
 def replaced_atomically(path: str, mode: str = 'w', **open_kwargs):
-  """Yields open(path + '.tmp', mode); when the block ends cleanly, renames it onto path (atomic on
-  POSIX). If the block raises, the temporary file is removed and path keeps its old contents."""
-  tmp = path + '.tmp'
+  """Yields a new temporary file beside path; when the block ends cleanly, renames it onto path
+  (atomic on POSIX). If the block raises, the temporary file is removed and path keeps its old
+  contents. Each call's temporary name is its own, so processes writing the same path at once
+  (hosts sharing a disk) never write into one file; the last rename wins, whole."""
+  tmp = f'{path}.{uuid.uuid4().hex[:12]}.tmp'
   try:
     with open(tmp, mode, **open_kwargs) as f:
       yield f

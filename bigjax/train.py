@@ -68,10 +68,11 @@ def setup(config, workdir: str | None = None) -> Setup:
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
     batch_size = len(dataset.splits['train'])
-  split = sharding.batch_split(mesh) * jax.process_count() * config.train.grad_accum
+  # The mesh spans every host's devices, so its batch axes already count the hosts.
+  split = sharding.batch_split(mesh) * config.train.grad_accum
   if batch_size % split:
     raise ConfigError(f'config.train.batch_size={batch_size} is invalid: use a multiple of {split} '
-                      f'(mesh data x fsdp, times hosts, times train.grad_accum)')
+                      f'(mesh data x fsdp over all hosts\' devices, times train.grad_accum)')
   if config.data.get('bucket', 0) and batch_size > len(dataset.splits['train']):
     raise ConfigError(f'config.train.batch_size={batch_size} is invalid: bucketing needs a train split '
                       f'of at least one batch ({len(dataset.splits["train"])} examples)')
@@ -93,6 +94,7 @@ def setup(config, workdir: str | None = None) -> Setup:
   rules = tuple(config.mesh.rules)
   with sharding.active(mesh, rules):
     boxed = jax.eval_shape(boxed_init)
+  sharding.warn_replicated(boxed.params, mesh, rules)
   shardings = sharding.tree_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
@@ -139,7 +141,8 @@ def make_train_step(s: Setup, config, compiler_options=None):
       keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_tree, old_tree)
       new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state),
                         model_state=keep(new.model_state, state.model_state))
-    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': grad_norm,
+    # The rate the optimizer used: its own count, which a skipped step does not advance.
+    metrics = {**metrics, 'lr': schedule(optim.schedule_count(state.opt_state)), 'grad_norm': grad_norm,
                'nonfinite_steps': new.nonfinite_steps}
     return new, metrics
 
@@ -163,8 +166,11 @@ def compile_train_step(s: Setup, config):
 
 
 def _accumulate(grads_and_metrics, steps: int):
-  """The same gradient from `steps` micro-batches, one after another (lax.scan): the
-  memory of a batch / steps, the result of the whole batch (mean of equal-size means).
+  """The gradient from `steps` micro-batches, one after another (lax.scan), with the activation
+  memory of a batch / steps: the mean of equal-size means. That equals the whole batch's gradient
+  (up to float summation order) only for models without batch-dependent layers and without
+  dropout: BatchNorm normalizes each micro-batch by its own statistics (and its running
+  statistics are updated once per micro-batch), and each micro-batch draws other dropout masks.
 
   Micro-batch i holds rows i, i + steps, ... so each one is spread over every device.
   """
@@ -308,12 +314,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
 
   with sharding.active(s.mesh, s.rules):
-    train_iter = pipeline.train_iterator(s.dataset.splits['train'], s.dataset.preprocess, s.batch_size,
-                                         config.seed, sharding.host_batch_rows(s.mesh, s.batch_size),
-                                         bucket=config.data.get('bucket', 0))
     mngr = checkpoint.manager(workdir, config.checkpoint)
     try:
-      state, step = checkpoint.restore(mngr, s.abstract_state, train_iter, config.checkpoint.on_corrupt)
+      state, step = checkpoint.restore(mngr, s.abstract_state, config.checkpoint.on_corrupt)
       if state is None:
         state = s.init()
         if config.checkpoint.init_from:
@@ -323,6 +326,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       _write_run_files(s, config, workdir)  # only now: a restore that fails leaves the workdir as it was
       writer = writers.MetricWriter(workdir, resume_step=step, class_names=s.dataset.class_names)
       evaluate = make_evaluate(s, config)
+      # The data resumes from the step: batch i is a function of i alone, on any number of hosts.
+      train_iter = pipeline.train_iterator(
+          s.dataset.splits['train'], s.dataset.preprocess, s.batch_size, config.seed,
+          sharding.host_batch_rows(s.mesh, s.batch_size), bucket=config.data.get('bucket', 0), start=step)
       state, eval_metrics = _train_loop(s, config, state, step, train_iter=train_iter, mngr=mngr,
                                         writer=writer, evaluate=evaluate)
     finally:  # also when stopped: a checkpoint being written completes
@@ -380,7 +387,7 @@ def _train_loop(s: Setup, config, state: TrainState, step: int, *, train_iter, m
         writer.write(step, 'eval', eval_metrics)
         logging.info('eval at step %d: %s', step, writers.format_metrics(eval_metrics))
       if saving:
-        checkpoint.save(mngr, step, state, train_iter, config)
+        checkpoint.save(mngr, step, state, config)
         last_checkpoint = step
       if preempted and step < total:
         writer.close()
@@ -391,13 +398,17 @@ def _train_loop(s: Setup, config, state: TrainState, step: int, *, train_iter, m
 
 
 def restore_newest(s: Setup, config, workdir: str):
-  """(state, step) of the newest complete checkpoint in workdir; ConfigError if there is none."""
+  """(state, step) of the newest complete checkpoint in workdir, read only: a read-only mode
+  never renames or deletes a checkpoint (the run that owns it may still be training).
+  ConfigError if there is none; RunStopped if the newest one does not read back."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(ckpt_dir):
     raise ConfigError(f'no checkpoints in {ckpt_dir}: train first, or pass the --workdir of a run')
-  mngr = checkpoint.manager(workdir, config.checkpoint)
-  state, step = checkpoint.restore(mngr, s.abstract_state)
-  mngr.close()
+  mngr = checkpoint.manager(workdir, config.checkpoint, read_only=True)
+  try:
+    state, step = checkpoint.restore(mngr, s.abstract_state, read_only=True)
+  finally:
+    mngr.close()
   if state is None:
     raise ConfigError(f'no complete checkpoint in {ckpt_dir}: train first')
   return state, step

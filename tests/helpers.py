@@ -28,11 +28,26 @@ def final_state(config, workdir):
   from bigjax import checkpoint, train  # noqa: PLC0415
   s = train.setup(config)
   with jax.set_mesh(s.mesh):
-    mngr = checkpoint.manager(workdir, config.checkpoint)
-    state, step = checkpoint.restore(mngr, s.abstract_state)
+    mngr = checkpoint.manager(workdir, config.checkpoint, read_only=True)
+    state, step = checkpoint.restore(mngr, s.abstract_state, read_only=True)
     mngr.close()
   assert step == config.train.steps
   return jax.device_get(state)
+
+
+def assert_resumed(log: str, workdir, step: int) -> None:
+  """The run logged that it resumed from `step` (not from 0, not another checkpoint), and no
+  checkpoint of workdir was set aside as corrupt. `log`: its stderr, or caplog.text."""
+  assert f'Resumed from step {step} in {workdir}' in log, log[-3000:]
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'corrupt' in n]
+
+
+def tree_listing(path) -> list:
+  """Every file and folder under path with its size: equal before and after means nothing was
+  written, renamed or deleted."""
+  return sorted((os.path.relpath(os.path.join(root, name), path),
+                 os.path.getsize(os.path.join(root, name)) if name in names else -1)
+                for root, folders, names in os.walk(path) for name in folders + names)
 
 
 def tiny_lm_config(data_dir, **train_fields):

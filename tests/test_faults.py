@@ -5,18 +5,21 @@ line it prints, and that the resumed run ends exactly where an unbroken one does
 any moment: tests/test_main_job.py; a dead process of a multi-process run: tests/test_scale.py.)
 """
 
+import errno
 import os
 import shutil
 import signal
 import subprocess
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from bigjax import checkpoint, files, train
 from bigjax.config import ConfigError, RunStopped
 from helpers import (
   REPO,
+  assert_resumed,
   corrupt_checkpoint,
   load_script,
   overridden,
@@ -24,6 +27,7 @@ from helpers import (
   run_main,
   signal_when,
   start_main,
+  tree_listing,
 )
 
 STEPS = 300
@@ -75,32 +79,61 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_exactly(refe
   assert read_metrics(workdir, 'test') == []
   result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f'Resumed from step {step}' in result.stderr
+  assert_resumed(result.stderr, workdir, step)
   _same_test(workdir, reference[1])
 
 
 @pytest.mark.parametrize('how', ['truncate', 'delete'])
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_resumed(reference, data_dir, tmp_path,
                                                                             how, caplog):
+  caplog.set_level('INFO')  # the resume line is INFO
   workdir = _copy(reference[0], tmp_path)
   corrupt_checkpoint(os.path.join(workdir, 'checkpoints', '300'), how)
   train.train_and_evaluate(_config(data_dir), workdir)
   assert any('Checkpoint' in r.message and 'is corrupt' in r.message for r in caplog.records)
+  assert f'Resumed from step 200 in {workdir}' in caplog.text
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['100', '200', '300', '300.corrupt']
   _same_test(workdir, reference[1])  # resumed from 200, redid 200 -> 300 exactly
 
 
-def test_on_corrupt_fail_stops_with_one_line_and_changes_nothing(reference, data_dir, tmp_path):
+@pytest.mark.parametrize('mode', ['on_corrupt=fail', 'eval'])
+def test_a_corrupt_checkpoint_stops_a_read_only_mode_with_one_line_and_changes_nothing(reference, data_dir,
+                                                                                      tmp_path, mode):
+  """on_corrupt=fail, and every mode that only reads (eval, sample, predict: the run that owns
+  the checkpoint may still be training), never rename or delete a checkpoint."""
   workdir = _copy(reference[0], tmp_path)
   corrupt_checkpoint(os.path.join(workdir, 'checkpoints', '300'), 'truncate')
-  before = sorted(os.listdir(workdir))
-  result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-                    '--config.checkpoint.on_corrupt=fail')
-  assert result.returncode == checkpoint.EXIT_CORRUPT
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      f'bigjax: stopped: checkpoint {workdir}/checkpoints/300 is corrupt (')
+  before = tree_listing(workdir)
+  flag = {'on_corrupt=fail': '--config.checkpoint.on_corrupt=fail', 'eval': '--mode=eval'}[mode]
+  result = run_main(*ARGS, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', flag)
+  assert result.returncode == checkpoint.EXIT_CORRUPT, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'bigjax: stopped: checkpoint {workdir}/checkpoints/300 is corrupt (')
+  assert '/checkpoints/300/state/d/' in last and 'it was left as it is' in last  # names the file
   assert 'Traceback' not in result.stderr
-  assert sorted(os.listdir(workdir)) == before and '300' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert tree_listing(workdir) == before
+
+
+def test_a_read_error_that_is_not_corruption_stops_naming_the_file_and_touches_nothing(
+    reference, data_dir, tmp_path, monkeypatch):
+  """An I/O error (a flaky network disk, a lost mount) says nothing about the checkpoint: no
+  fallback to an older step, nothing renamed, one line naming the file."""
+  workdir = _copy(reference[0], tmp_path)
+  before = tree_listing(workdir)
+  bad_file = os.path.join(workdir, 'checkpoints', '300', 'state', 'manifest.ocdbt')
+
+  def read_fails(self, directory, *args, **kwargs):
+    raise OSError(errno.EIO, 'Input/output error', bad_file)
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, 'restore', read_fails)
+  for fallback in ('fallback', 'fail'):
+    with pytest.raises(RunStopped) as stop:
+      train.train_and_evaluate(_config(data_dir, checkpoint__on_corrupt=fallback), workdir)
+    assert stop.value.status == checkpoint.EXIT_UNREADABLE
+    message = str(stop.value)
+    assert '\n' not in message and message.startswith(
+        f'checkpoint {workdir}/checkpoints/300 could not be read (OSError: [Errno 5] Input/output error: ')
+    assert bad_file in message
+  assert tree_listing(workdir) == before
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import RATES, REPO, read_metrics, run_main, signal_when, start_main
+from helpers import RATES, REPO, assert_resumed, read_metrics, run_main, signal_when, start_main
 
 MAIN = ['--config=experiments/digits_mlp.py']
 
@@ -46,7 +46,10 @@ def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(main_job, data_d
   start = time.time()
   signal_when(proc, lambda: time.time() - start > delay)
 
-  assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
+  newest = max(int(n) for n in listing() if n.isdigit())  # 500 at least: kill 1 came after it
+  rerun = run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert_resumed(rerun.stderr, workdir, newest)
   untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
   killed, clean = untimed(workdir), untimed(main_job)
   assert killed[-1] == clean[-1] and killed[-1]['split'] == 'test'  # to the last digit
@@ -63,7 +66,12 @@ def test_ten_random_sigkills_then_rerun_match_uninterrupted(main_job, data_dir, 
     signal_when(proc, lambda: time.time() - start > delay)  # noqa: B023 (used before the next loop)
     if proc.poll() is None:
       proc.wait()
-  assert run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}').returncode == 0
+  ckpts = os.path.join(workdir, 'checkpoints')
+  newest = max((int(n) for n in os.listdir(ckpts) if n.isdigit()), default=0) if os.path.isdir(ckpts) else 0
+  rerun = run_main(*MAIN, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  if newest:
+    assert_resumed(rerun.stderr, workdir, newest)
   untimed = lambda w: [{k: v for k, v in r.items() if k not in RATES} for r in read_metrics(w)]  # noqa: E731
   assert untimed(workdir) == untimed(main_job)
 

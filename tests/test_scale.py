@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import REPO, read_metrics, run_main
+from helpers import REPO, assert_resumed, read_metrics, run_main, tree_listing
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 ONE_DEVICE = {'XLA_FLAGS': ''}
@@ -52,13 +52,24 @@ def test_losses(data_dir, tmp_path_factory):
   output, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, output[-3000:]
   losses['2 processes x 4 devices'] = _test_loss(root / 'hosts')
+  with open(root / 'hosts' / 'metrics.jsonl') as f:
+    losses['2 processes: metrics.jsonl'] = f.read().splitlines()
   return losses
+
+
+def test_two_processes_write_each_record_once(test_losses):
+  lines = test_losses.pop('2 processes: metrics.jsonl')
+  records = [json.loads(line) for line in lines]
+  assert len(set(lines)) == len(lines) and [(r['step'], r['split']) for r in records] == [
+      (100, 'train'), (100, 'eval'), (100, 'test')]
 
 
 def test_final_test_loss_is_the_same_in_every_layout(test_losses):
   reference = test_losses['1 device']
   assert reference < 0.2  # it learned
   for name, loss in test_losses.items():
+    if name.endswith('metrics.jsonl'):
+      continue
     assert abs(loss - reference) <= 1e-5, (name, loss, reference)
 
 
@@ -69,12 +80,12 @@ from bigjax import sharding, train
 from bigjax.config import base_config
 from bigjax.data import pipeline
 
-def run(mode, data, fsdp):
+def run(mode):
   c = base_config()
   c.data.data_dir = sys.argv[1]
   c.model.dropout = 0.0  # shard_map draws dropout per device; GSPMD draws one global mask
   c.train.steps, c.train.batch_size = 40, 64
-  c.mesh.data, c.mesh.fsdp, c.parallel.mode = data, fsdp, mode
+  c.mesh.data, c.parallel.mode = 8, mode  # shard_map is data parallel only (validate refuses fsdp)
   s = train.setup(c)
   with sharding.active(s.mesh, s.rules):
     step, state = train.make_train_step(s, c), s.init()
@@ -85,15 +96,12 @@ def run(mode, data, fsdp):
       losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params)
 
-report = {}
-for data, fsdp in [(8, 1), (2, 4)]:
-  (auto_losses, auto_params), (sm_losses, sm_params) = run('auto', data, fsdp), run('shard_map', data, fsdp)
-  report[f'{data}x{fsdp}'] = {
-      'loss_diff': max(abs(a - b) for a, b in zip(auto_losses, sm_losses)),
-      'param_diff': max(float(np.max(np.abs(a - b))) for a, b in
-                        zip(jax.tree.leaves(auto_params), jax.tree.leaves(sm_params))),
-      'loss_drop': auto_losses[0] - auto_losses[-1]}
-print(json.dumps(report))
+(auto_losses, auto_params), (sm_losses, sm_params) = run('auto'), run('shard_map')
+print(json.dumps({'data=8': {
+    'loss_diff': max(abs(a - b) for a, b in zip(auto_losses, sm_losses)),
+    'param_diff': max(float(np.max(np.abs(a - b))) for a, b in
+                      zip(jax.tree.leaves(auto_params), jax.tree.leaves(sm_params))),
+    'loss_drop': auto_losses[0] - auto_losses[-1]}}))
 '''
 
 
@@ -101,7 +109,9 @@ def test_shard_map_and_gspmd_give_the_same_losses_and_params(data_dir):
   result = subprocess.run([sys.executable, '-c', SHARD_MAP_VS_AUTO, data_dir], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu', **EIGHT_DEVICES})
   assert result.returncode == 0, result.stderr[-3000:]
-  for mesh, r in json.loads(result.stdout.splitlines()[-1]).items():
+  report = json.loads(result.stdout.splitlines()[-1])
+  assert sorted(report) == ['data=8']
+  for mesh, r in report.items():
     assert r['loss_drop'] > 1.0, mesh  # both trained
     assert r['loss_diff'] <= 1e-5 and r['param_diff'] <= 1e-5, (mesh, r)
 
@@ -178,23 +188,114 @@ def test_killing_one_process_stops_the_run_and_it_resumes_exactly(data_dir, tmp_
       time.sleep(0.1)
     victim = int(subprocess.check_output(['pgrep', '-P', str(proc.pid)], text=True).split()[-1])
     os.kill(victim, signal.SIGKILL)
-    killed_at = time.time()
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0 and time.time() - killed_at < 60
+    output, _ = proc.communicate(timeout=120)  # the launcher stops the survivor; never waits on it
+    assert proc.returncode == 137 and 'exited with status 137; stopping the others' in output, output[-3000:]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   assert read_metrics(workdir, 'test') == []  # it did not finish
 
+  newest = max(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit())
   rerun = local_multihost(2, *args)
   output, _ = rerun.communicate(timeout=600)
   assert rerun.returncode == 0, output[-3000:]
+  assert_resumed(output, workdir, newest)
   assert _test_loss(workdir) == test_losses['2 processes x 4 devices']  # resumed to the last digit
+
+
+def test_a_run_resumes_on_another_number_of_hosts(data_dir, tmp_path):
+  """Moving a job to a slice of another size: saved by 2 processes, resumed by 1, saved by 1,
+  resumed by 2. Each start resumes at the saved step (the data position is the step), nothing is
+  set aside, and the end is an uninterrupted run's. The one process holds the same 8-device mesh,
+  so only the host count changes (on 1 device, float sums in another order drift by about 1e-4
+  in test loss over hundreds of steps, resumed or not)."""
+  def args(workdir, steps):  # a constant learning rate: extending train.steps changes no step
+    return [*_digits_args(workdir, data_dir), f'--config.train.steps={steps}', '--config.checkpoint.every=20',
+            '--config.optim.schedule=constant', '--config.train.eval_every=0', '--config.train.log_every=20']
+
+  workdir = tmp_path / 'moved'
+  first = local_multihost(2, *args(workdir, 40))
+  output, _ = first.communicate(timeout=600)
+  assert first.returncode == 0 and 'Resumed' not in output, output[-3000:]
+  one = run_main(*args(workdir, 80), env=EIGHT_DEVICES)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert_resumed(one.stderr, workdir, 40)
+  two = local_multihost(2, *args(workdir, 120))
+  output, _ = two.communicate(timeout=600)
+  assert two.returncode == 0, output[-3000:]
+  assert_resumed(output, workdir, 80)
+  unbroken = run_main(*args(tmp_path / 'unbroken', 120), env=EIGHT_DEVICES)
+  assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+  assert abs(_test_loss(workdir) - _test_loss(tmp_path / 'unbroken')) <= 1e-5
+  # Each start ends with an eval; only the last run's test record stays; no line twice.
+  assert [(r['step'], r['split']) for r in read_metrics(workdir)] == [
+      (20, 'train'), (40, 'train'), (40, 'eval'), (60, 'train'), (80, 'train'), (80, 'eval'), (100, 'train'),
+      (120, 'train'), (120, 'eval'), (120, 'test')]
+
+
+# One process's read of the checkpoint fails (its disk, its mount), the other's succeeds.
+READ_FAILS_ON_ONE_HOST = '''
+import errno, runpy, sys
+import orbax.checkpoint as ocp
+kind = sys.argv.pop(1)
+read = ocp.StandardCheckpointHandler.restore
+def restore(self, directory, *args, **kwargs):  # step 20's read fails as `kind` says
+  if '/checkpoints/20/' in str(directory) and kind == 'io':
+    raise OSError(errno.EIO, 'Input/output error', str(directory))
+  if '/checkpoints/20/' in str(directory) and kind == 'corrupt':
+    raise ValueError(f'DATA_LOSS: Error reading local file "{directory}/manifest.ocdbt": bad checksum')
+  return read(self, directory, *args, **kwargs)
+ocp.StandardCheckpointHandler.restore = restore
+runpy.run_module('bigjax.main', run_name='__main__', alter_sys=True)
+'''
+
+
+def _two_processes_by_hand(args, kinds):
+  """Runs the two processes of a run; process i's checkpoint reads fail as kinds[i] says."""
+  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
+                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  hosts = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  procs = [subprocess.Popen([sys.executable, '-c', READ_FAILS_ON_ONE_HOST, kind, *args, *hosts,
+                             f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for i, kind in enumerate(kinds)]
+  try:
+    outputs = [p.communicate(timeout=300)[0] for p in procs]  # a host left waiting would hang here
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [p.returncode for p in procs], outputs
+
+
+def test_hosts_agree_on_a_checkpoint_before_anything_is_renamed(data_dir, tmp_path):
+  """Only process 1 fails to read the newest checkpoint. An I/O error: both processes stop with
+  exit 5 and touch nothing. Corruption: both set it aside together and resume the one before."""
+  workdir = tmp_path / 'run'
+  args = [*_digits_args(workdir, data_dir), '--config.train.steps=40', '--config.checkpoint.every=20',
+          '--config.optim.schedule=constant']  # so that the first run may stop at 20 of them
+  first = run_main(*args, '--config.train.steps=20', '--config.checkpoint.every=10', env=ONE_DEVICE)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = tree_listing(workdir)
+  codes, outputs = _two_processes_by_hand(args, ['none', 'io'])
+  assert codes == [5, 5], [o[-2000:] for o in outputs]
+  stopped = [o.strip().splitlines()[-1] for o in outputs]
+  assert stopped[1].startswith(f'bigjax: stopped: checkpoint {workdir}/checkpoints/20 could not be read '
+                               '(OSError: [Errno 5] Input/output error: ')
+  assert 'another process could not read it' in stopped[0]
+  assert tree_listing(workdir) == before
+
+  codes, outputs = _two_processes_by_hand(args, ['none', 'corrupt'])
+  assert codes == [0, 0], [o[-2000:] for o in outputs]
+  assert 'Resumed from step 10 in' in outputs[0]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '20.corrupt', '40']
 
 
 @pytest.mark.slow  # about a minute: the survivor waits out the heartbeat timeout
 @pytest.mark.parametrize('victim', [0, 1])
-def test_without_the_launcher_a_dead_process_stops_the_others_within_60_s(data_dir, tmp_path, victim):
+def test_without_the_launcher_a_dead_process_stops_the_others(data_dir, tmp_path, victim):
   """Processes started by hand (as on real hosts): JAX's heartbeat (--heartbeat_timeout_s=30)
   tells the survivor its peer is gone; killing the coordinator's process ends the other at once."""
   port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
@@ -211,10 +312,9 @@ def test_without_the_launcher_a_dead_process_stops_the_others_within_60_s(data_d
       assert all(p.poll() is None for p in procs) and time.time() < deadline
       time.sleep(0.1)
     procs[victim].kill()
-    killed_at = time.time()
     survivor = procs[1 - victim]
-    survivor.wait(timeout=60)
-    assert survivor.returncode != 0 and time.time() - killed_at < 60
+    survivor.wait(timeout=300)  # only a guard against a hang: a survivor that never stops fails here
+    assert survivor.returncode != 0
   finally:
     for p in procs:
       if p.poll() is None:

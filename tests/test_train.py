@@ -10,7 +10,7 @@ import pytest
 
 from bigjax import train, writers
 from bigjax.config import base_config
-from helpers import RATES, final_state, overridden, read_metrics
+from helpers import RATES, assert_resumed, final_state, overridden, read_metrics
 
 
 def _config(data_dir, **overrides):
@@ -62,7 +62,7 @@ def test_eval_mode_reproduces_the_final_test_metrics(short_run, capsys):
 
 
 @pytest.mark.parametrize('model', ['mlp', pytest.param('resnet', marks=pytest.mark.slow)])  # resnet: 21 s
-def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
+def test_resume_is_bitwise_identical(model, data_dir, tmp_path, caplog):
   overrides = {'train__steps': 60, 'checkpoint__every': 20, 'train__eval_every': 30, 'train__log_every': 10}
   if model == 'resnet':
     overrides.update({'model__name': 'resnet'})
@@ -76,7 +76,10 @@ def test_resume_is_bitwise_identical(model, data_dir, tmp_path):
   # Pretend b died just before step 40's checkpoint: drop what came after 20.
   for step in ('40', '60'):
     shutil.rmtree(os.path.join(b, 'checkpoints', step))
+  caplog.set_level('INFO')  # the resume line is INFO
+  caplog.clear()
   train.train_and_evaluate(config, b)
+  assert_resumed(caplog.text, b, 20)
   state_a, state_b = final_state(config, a), final_state(config, b)
   for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(x, y)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bigjax import train, xla_options
-from helpers import final_state, lm_batches, tiny_lm_config, train_steps
+from helpers import assert_resumed, final_state, lm_batches, tiny_lm_config, train_steps
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),
                                 reason="oneDNN's matmuls are for x86-64 CPUs only")
@@ -82,7 +82,7 @@ def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, at
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path):
+def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path, caplog):
   config = tiny_lm_config(data_dir, cpu_matmul='onednn', steps=12, eval_every=0, log_every=4)
   config.checkpoint.update({'every': 4, 'keep': 5})
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
@@ -90,7 +90,10 @@ def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_
   train.train_and_evaluate(config, b)
   for step in ('8', '12'):  # b died just before step 8's checkpoint
     shutil.rmtree(os.path.join(b, 'checkpoints', step))
+  caplog.set_level('INFO')  # the resume line is INFO
+  caplog.clear()
   train.train_and_evaluate(config, b)
+  assert_resumed(caplog.text, b, 4)
   uninterrupted, resumed = final_state(config, a), final_state(config, b)
   for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(x, y)

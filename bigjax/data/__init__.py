@@ -96,14 +96,7 @@ def _class_names(source) -> tuple:
 def _open_sources(spec: DatasetSpec, data_dir) -> dict:
   """split -> tfds data source, preparing an offline dataset first if needed."""
   if spec.builder is not None:
-    # Process 0 prepares first so that hosts sharing a filesystem do not race on the same
-    # directory; the others then prepare only if their (local) disk still lacks it.
-    if jax.process_index() == 0:
-      _prepare_offline(spec, data_dir)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'bigjax: {spec.tfds_name} prepared')
-    if jax.process_index() != 0:
-      _prepare_offline(spec, data_dir)
+    _prepare_offline(spec, data_dir)
   sources = {}
   for split, tfds_split in spec.splits.items():
     try:
@@ -122,7 +115,44 @@ def load(data_config, tokenizer_path: str | None = None) -> Dataset:
 
   tokenizer_path (text datasets): the run's tokenizer; used if it exists, else made from the
   train split (or the data dir's cache) and left for the caller to save there.
+
+  On several hosts, process 0 prepares first (an offline dataset, the tokenizer, the token
+  caches) while the others wait, so no two hosts write one file. The others then read what it
+  wrote, or prepare their own copy on a disk they do not share, and every host checks that it
+  reads text with process 0's tokenizer.
   """
+  if jax.process_count() == 1:
+    return _load(data_config, tokenizer_path)
+  dataset, error = None, None
+  if jax.process_index() == 0:
+    try:
+      dataset = _load(data_config, tokenizer_path)
+    except ConfigError as e:
+      error = e
+  # Also the barrier: the others start only once process 0 is done (or has failed).
+  if not int(multihost_utils.broadcast_one_to_all(np.int32(error is None))):
+    if error:
+      raise error
+    raise ConfigError('process 0 could not load the data: its error says why')
+  if dataset is None:
+    dataset = _load(data_config, tokenizer_path)
+  _check_same_tokenizer(dataset.tokenizer)
+  return dataset
+
+
+def _check_same_tokenizer(tokenizer) -> None:
+  """ConfigError on a host whose tokenizer is not process 0's (hosts that do not share a data
+  dir may train different ones): its token ids would mean other words."""
+  mine = tokenizers.fingerprint(tokenizer) if tokenizer else 'none'
+  encoded = np.frombuffer(mine.encode().ljust(64)[:64], np.uint8)
+  first = bytes(np.asarray(multihost_utils.broadcast_one_to_all(encoded), np.uint8)).decode().strip()
+  if first != mine:
+    raise ConfigError(f'process {jax.process_index()} reads text with tokenizer {mine}, process 0 with '
+                      f'{first}: give every host the same --config.data.data_dir, or copy process 0\'s '
+                      f'tokenizer cache (bigjax_cache/ in its data dir) to this host')
+
+
+def _load(data_config, tokenizer_path: str | None) -> Dataset:
   spec = DATASETS[data_config.name]
   sources = _open_sources(spec, data_config.data_dir)
   if spec.text_feature:

@@ -4,8 +4,9 @@ Train: one global shuffle from the seed (a new order every epoch); each host
 reads only the rows of each global batch that its devices hold, so the global
 batch is the same array whatever the number of hosts. Element i of
 the grain dataset is batch i, read in one call, which keeps per-row Python off
-the hot path. The iterator is grain's, checkpointed with the model, so a
-resumed run sees exactly the batches an uninterrupted run would have seen.
+the hot path. Batch i depends on i alone, so a run resumed at step i starts the
+iterator at i and sees exactly the batches an uninterrupted run would have seen,
+on any number of hosts: no iterator state is saved.
 
 Eval: every example exactly once, padded to whole batches; padding rows carry
 mask 0 so they count for nothing.
@@ -103,8 +104,9 @@ def _lengths(split: Split, bucket: int):
   return np.minimum(split.arrays['length'], split.arrays['tokens'].shape[1])
 
 
-def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None, *, bucket: int = 0):
-  """An endless, checkpointable iterator of batches from a shuffled order of the split.
+def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None, *, bucket: int = 0,
+                   start: int = 0):
+  """An endless iterator of batches from a shuffled order of the split, from batch `start` on.
 
   `rows` are the rows of each global batch this host reads (all, by default); on
   several hosts they are the rows its devices hold, so that the global batch is the
@@ -120,7 +122,7 @@ def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=No
       batch = _cut(batch, lengths[order(step * batch_size + np.arange(batch_size))], bucket)
     return preprocess(batch)
 
-  ds = grain.MapDataset.range(2**62).map(load)  # element i is batch i: a prefix of forever
+  ds = grain.MapDataset.range(start, 2**62).map(load)  # element i is batch i: a slice of forever
   # The prefetch thread only reads ahead; which rows a batch holds depends on its index alone.
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
