@@ -205,3 +205,13 @@ def test_a_write_that_fails_halfway_leaves_the_old_file(tmp_path):
     f.write('half of the n')
     raise KeyboardInterrupt  # as a kill between two writes would
   assert open(path).read() == 'old' and os.listdir(tmp_path) == ['record.json']
+
+
+def test_two_writers_of_one_file_never_mix(tmp_path):
+  """Hosts sharing a disk may write the same cache file at once: each writes its own temporary
+  file, and the path ends as one writer's whole content."""
+  path = str(tmp_path / 'cache.json')
+  with files.replaced_atomically(path) as first, files.replaced_atomically(path) as second:
+    first.write('from host 0 ' * 1000)
+    second.write('from host 1')
+  assert open(path).read() == 'from host 0 ' * 1000 and os.listdir(tmp_path) == ['cache.json']

@@ -357,3 +357,35 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, 
     assert proc.returncode == 0, output[-3000:]
     losses.append(_test_loss(tmp_path / workdir))
   assert losses[0] == losses[1]
+
+
+SAME_TOKENIZER = '''
+import sys
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from bigjax import data
+from bigjax.config import ConfigError
+from bigjax.data import tokenizers
+words = ['def', 'return'] if sys.argv[2] == '0' else ['def', 'yield']
+data._check_same_tokenizer(tokenizers.WordTokenizer(['def', 'return']))  # the same: passes
+try:
+  data._check_same_tokenizer(tokenizers.WordTokenizer(words))
+  print('same')
+except ConfigError as e:
+  print(e)
+'''
+
+
+def test_a_host_whose_tokenizer_is_not_process_0s_is_stopped():
+  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
+                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, '-c', SAME_TOKENIZER, f'127.0.0.1:{port}', str(i)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in (0, 1)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+  verdicts = [out.strip().splitlines()[-1] for out, _ in outputs]  # after gloo's own lines
+  assert verdicts[0] == 'same'
+  assert verdicts[1].startswith('process 1 reads text with tokenizer word_')
+  assert 'process 0 with word_' in verdicts[1]
