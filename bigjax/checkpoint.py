@@ -57,7 +57,7 @@ def manager(workdir: str, checkpoint_config, read_only: bool = False) -> ocp.Che
   """The workdir's checkpoints; read_only (eval, sample, predict) never writes, renames or deletes."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else checkpoint_config.keep, enable_async_checkpointing=not read_only,
-      create=not read_only, read_only=read_only)
+      create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_handlers=_item_handlers())
 
@@ -138,7 +138,7 @@ def _causes(error):
 
 def _tensorstore_reason(status: str, text: str) -> str:
   """TensorStore's message cut to its status, the innermost file it names, and what went wrong."""
-  text = text.split(' [tensorstore_spec')[0]
+  text = text.split(' [tensorstore_spec', maxsplit=1)[0]
   named, detail = _LOCAL_FILE.findall(text), text.rsplit('": ', 1)[-1]
   return f'{status} in {named[-1]}: {detail}' if named else text
 

@@ -118,7 +118,10 @@ def default_workdir(spec: str) -> str:
 
 
 def _quiet_libraries(record) -> bool:
-  """Keeps INFO lines from bigjax only: Orbax alone logs dozens per checkpoint."""
+  """Keeps INFO lines from bigjax only: Orbax alone logs dozens per checkpoint. Orbax also warns
+  each time a read-only mode opens the checkpoints, which is what bigjax asked of it."""
+  if record.getMessage().startswith('Given directory is read only'):
+    return False
   return record.levelno >= python_logging.WARNING or f'{os.sep}bigjax{os.sep}' in record.pathname
 
 
