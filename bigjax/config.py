@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr = 1e-3
   c.optim.schedule = 'constant'  # constant | linear | cosine | rsqrt
   c.optim.warmup_steps = 0  # linear warmup from 0, before any schedule
+  # The schedule's length in steps, warmup included; 0 means train.steps. Set it to extend a
+  # linear or cosine run (a longer train.steps) without changing the learning rate it had so far.
+  c.optim.schedule_steps = 0
   c.optim.momentum = 0.9  # momentum and nesterov only
   c.optim.weight_decay = 0.0  # adamw: decoupled; other optimizers: L2 added to the gradient
   c.optim.clip_norm = 0.0  # global-norm clipping; 0 turns it off
@@ -78,7 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128  # global, over all hosts; -1 = the whole train split
   c.train.eval_every = 500  # steps between evals on the eval split; 0 = only at the end
   c.train.log_every = 100
-  c.train.grad_accum = 1  # micro-batches per step: same result, 1/k of the activation memory
+  # Micro-batches per step: 1/k of the activation memory. The same update as the whole batch (up
+  # to float summation order) only without BatchNorm (statistics per micro-batch) and dropout
+  # (other masks per micro-batch).
+  c.train.grad_accum = 1
   c.train.peak_flops = 0.0  # per device, for MFU; 0: from the device table, or measured on CPU
   # A non-finite loss or gradient norm: stop (exit 3, the last good checkpoint kept) or skip
   # (that update is not applied; train lines count nonfinite_steps).
@@ -148,6 +154,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice(config.optim, 'optim', 'schedule', optim.SCHEDULES)
   need(config.optim.lr > 0, 'optim.lr', 'use a learning rate > 0')
   need(config.optim.warmup_steps >= 0, 'optim.warmup_steps', 'use a value >= 0')
+  need(config.optim.schedule_steps >= 0, 'optim.schedule_steps', 'use a step count >= 0 (0 = train.steps)')
   need(config.optim.weight_decay >= 0, 'optim.weight_decay', 'use a value >= 0')
   need(config.optim.clip_norm >= 0, 'optim.clip_norm', 'use a value >= 0 (0 = no clipping)')
   need(config.train.steps > 0, 'train.steps', 'use a number of steps > 0')
@@ -174,6 +181,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice(config.parallel, 'parallel', 'mode', ('auto', 'shard_map'))
   need(config.parallel.mode == 'auto' or config.mesh.tensor == 1, 'mesh.tensor',
        'parallel.mode=shard_map is data parallel only: use mesh.tensor=1, or parallel.mode=auto')
+  need(config.parallel.mode == 'auto' or config.mesh.fsdp == 1, 'mesh.fsdp',
+       'parallel.mode=shard_map replicates the weights: use mesh.fsdp=1 (mesh.data), or parallel.mode=auto')
 
 
 # Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives,
@@ -195,8 +204,28 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 
 def config_changes(saved_json: str, config: ml_collections.ConfigDict) -> list[str]:
-  """'model.width: 256 in the workdir, 128 now' for each field outside SAFE_CHANGES that differs."""
+  """'model.width: 256 in the workdir, 128 now' for each field outside SAFE_CHANGES that differs.
+
+  Compares what the fields mean: optim.schedule_steps=0 stands for train.steps, so a longer
+  train.steps that would stretch a linear or cosine schedule (and make its learning rate jump)
+  is a change of optim.schedule_steps; for constant and rsqrt the length changes nothing.
+  """
   import json  # noqa: PLC0415
-  old, new = _flat(json.loads(saved_json)), _flat(json.loads(config.to_json_best_effort()))
-  return [f'{k}: {old.get(k, "(absent)")!r} in the workdir, {new.get(k, "(absent)")!r} now'
-          for k in sorted(set(old) | set(new)) if k not in SAFE_CHANGES and old.get(k) != new.get(k)]
+
+  from bigjax import optim  # noqa: PLC0415 (keeps flag parsing light)
+  trees = json.loads(saved_json), json.loads(config.to_json_best_effort())
+  raw_new_steps = trees[1]['optim'].get('schedule_steps', 0)
+  for tree in trees:
+    tree['optim']['schedule_steps'] = optim.schedule_steps(tree['optim'], tree['train']['steps'])
+  old, new = _flat(trees[0]), _flat(trees[1])
+  if old.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES and \
+      new.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES:
+    old.pop('optim.schedule_steps'), new.pop('optim.schedule_steps')
+
+  def line(k):
+    text = f'{k}: {old.get(k, "(absent)")!r} in the workdir, {new.get(k, "(absent)")!r} now'
+    if k == 'optim.schedule_steps' and not raw_new_steps:
+      text += (f' (optim.schedule_steps=0 follows train.steps, so the {new["optim.schedule"]} learning rate '
+               f'would jump; --config.optim.schedule_steps={old[k]} keeps the old schedule)')
+    return text
+  return [line(k) for k in sorted(set(old) | set(new)) if k not in SAFE_CHANGES and old.get(k) != new.get(k)]

@@ -32,8 +32,9 @@ PEAK_FLOPS = {
 
 
 def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> float:
-  """6N for the weights' forward and backward, plus 12 L d T for attention scores and values."""
-  return 6 * num_params + 12 * model_config.num_layers * model_config.d_model * seq_len
+  """6N for the weights' forward and backward, plus 12 L d T for attention scores and values.
+  model_config: a mapping with num_layers and d_model (models.flops_per_example fills in the defaults)."""
+  return 6 * num_params + 12 * model_config['num_layers'] * model_config['d_model'] * seq_len
 
 
 def lstm_flops_per_token(model_config) -> float:

@@ -12,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bigjax.config import ConfigError
@@ -42,13 +43,40 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def _fit_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
-  """Replicates any dimension the mesh axes do not divide evenly (10 classes on 8 devices)."""
-  fitted = []
+def _dims(spec: PartitionSpec, shape, mesh):
+  """(size, the spec's entry, its mesh axis names, how many ways they split it) per dimension."""
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = (axes,) if isinstance(axes, str) else (axes or ())
-    fitted.append(axes if dim % math.prod(mesh.shape[n] for n in names) == 0 else None)
-  return PartitionSpec(*fitted)
+    yield dim, axes, names, math.prod(mesh.shape[n] for n in names)
+
+
+def _fit_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
+  """Replicates any dimension the mesh axes do not divide evenly (10 classes on 8 devices)."""
+  return PartitionSpec(*(axes if dim % ways == 0 else None
+                         for dim, axes, _, ways in _dims(spec, shape, mesh)))
+
+
+def warn_replicated(boxed_params, mesh, rules) -> list[str]:
+  """Logs a warning for each parameter that _fit_spec replicates along a dimension its rules
+  would split (the memory and compute of that dimension are then not divided), and returns them:
+  'params/head/kernel (256, 10): dim 1 (10) is not divisible by mesh axes tensor=4; replicated'.
+  Called on the params only: optimizer state copies their shardings and would repeat each one."""
+  lines = []
+  leaves = jax.tree_util.tree_flatten_with_path(
+      boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  for path, leaf in leaves:
+    if not isinstance(leaf, nn.LogicallyPartitioned):
+      continue
+    shape = tuple(leaf.value.shape)
+    spec = nn.logical_to_mesh_axes(leaf.names, rules)
+    dims = [f'dim {i} ({dim}) is not divisible by mesh axes '
+            f'{" x ".join(f"{n}={mesh.shape[n]}" for n in names)}'
+            for i, (dim, _, names, ways) in enumerate(_dims(spec, shape, mesh)) if dim % ways]
+    if dims:
+      name = '/'.join(str(getattr(key, 'key', getattr(key, 'name', key))) for key in path)
+      lines.append(f'params/{name} {shape}: {"; ".join(dims)}; replicated')
+      logging.warning('%s', lines[-1])
+  return lines
 
 
 def tree_shardings(abstract_tree, mesh, rules):

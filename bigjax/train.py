@@ -227,6 +227,10 @@ def make_evaluate(s: Setup, config):
     for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size, rows,
                                        bucket=config.data.get('bucket', 0)):
       batch_sums = eval_step(state, sharding.shard_batch(batch, s.mesh))
+      if sums is not None:
+        # At most two batches in flight, as in the train loop: multi-process CPU collectives
+        # can deadlock when many steps queue up.
+        jax.block_until_ready(sums)
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return s.task.summarize(jax.device_get(sums))
   return evaluate

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bigjax import models
-from bigjax.config import base_config
+from bigjax.config import LOGICAL_RULES, base_config
 
 
 def _model(name, **fields):
@@ -30,6 +30,11 @@ def test_output_shape_and_every_param_is_annotated(name, fields):
   boxed = jax.tree.leaves(variables['params'], is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
   assert boxed and all(isinstance(v, nn.LogicallyPartitioned) for v in boxed)
   assert all(len(v.names) == v.value.ndim for v in boxed)
+  # Names the sharding rules know, at least one per parameter: a misspelt or all-None annotation
+  # would leave that parameter replicated on every device without a word.
+  known = {name for name, _ in LOGICAL_RULES}
+  for v in boxed:
+    assert set(v.names) - {None} and set(v.names) - {None} <= known, v.names
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), x))
   out = model.apply(params, x, train=False)
   assert out.shape == (4, 10)

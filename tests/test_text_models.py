@@ -1,7 +1,10 @@
 """Text classifiers: the masked LSTM (against flax's LSTMCell), every pooling mode, the
-bidirectional path, padding never changing a prediction, and learning a small synthetic task."""
+bidirectional path, padding never changing a prediction, learning a small synthetic task, and the
+C++ layer training the same on 8 simulated devices as on one."""
 
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -369,3 +372,54 @@ def test_the_cpp_layer_matches_the_scan_at_edge_shapes(shape):
   for got, want in zip(jax.tree.leaves(value_and_grads(True)), jax.tree.leaves(value_and_grads(False))):
     scale = max(1.0, float(jnp.abs(want).max(initial=0)))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+LSTM_STEPS = '''
+import sys
+sys.path.insert(0, 'tests')
+import jax, numpy as np
+import helpers
+from experiments import imdb_lstm
+config = imdb_lstm.get_config('offline')
+config.data.data_dir, config.data.seq_len, config.data.vocab_size = sys.argv[1], 64, 2000
+# No dropout: shard_map draws masks per device, so only then can it equal one device.
+config.model.update({'embed_dim': 16, 'hidden': 16, 'dropout': 0.0, 'word_dropout': 0.0})
+config.train.update({'batch_size': 16, 'steps': 5, 'cpu_matmul': 'xla'})
+batches = helpers.lm_batches(config, config.train.steps)
+for mode in sys.argv[3:]:
+  config.parallel.mode = mode
+  losses, params, program = helpers.train_steps(config, batches)
+  leaves = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(params)}
+  cpp = 'BigjaxLstmForward' in program and 'BigjaxLstmBackward' in program
+  np.savez(f'{sys.argv[2]}/{mode}.npz', losses=losses, cpp=cpp, **leaves)
+'''
+
+
+def test_the_cpp_lstm_trains_the_same_on_8_devices_as_on_one(data_dir, tmp_path):
+  """imdb_lstm:offline shrunk, 5 steps: on one device, and on a data=8 mesh of simulated devices
+  both as GSPMD partitions the step (auto) and as explicit data parallelism (shard_map, each device
+  running the C++ layer on its own rows, then a pmean)."""
+  def run(devices, *modes):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}' if devices > 1 else ''}
+    out = tmp_path / str(devices)
+    out.mkdir()
+    result = subprocess.run([sys.executable, '-c', LSTM_STEPS, data_dir, str(out), *modes], cwd=REPO,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [dict(np.load(out / f'{mode}.npz')) for mode in modes]
+
+  # One after the other: the first prepares the dataset if no test has yet. (At once they would
+  # race to, and on 2 cores gain nothing: XLA keeps both busy.)
+  [one] = run(1, 'auto')
+  for mode, eight in zip(('auto', 'shard_map'), run(8, 'auto', 'shard_map')):
+    assert one['cpp'] and eight['cpp'], mode  # the C++ layer ran, not the scan it falls back to
+    assert one['losses'][-1] < one['losses'][0] - 0.02  # it trained
+    # Not bitwise: the embeddings' scatter-add (auto) and the pmean of per-device gradients (shard_map)
+    # sum in another order, and Adam carries those last-bit differences into every parameter: a few
+    # float32 ulps of the loss, weights some 4e-7 apart. A device's 2 rows lost and another's counted
+    # twice would put the losses about 1e-2 apart and weights up to 1e-2: far outside these bounds.
+    np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-6, err_msg=mode)
+    assert eight.keys() == one.keys()
+    for name in one.keys() - {'losses', 'cpp'}:
+      np.testing.assert_allclose(eight[name], one[name], rtol=0, atol=2e-6, err_msg=f'{mode} {name}')

@@ -45,6 +45,11 @@ def defaults(name: str) -> dict:
   return {f.name: f.default for f in dataclasses.fields(MODELS[name]) if f.default is not dataclasses.MISSING}
 
 
+def _with_defaults(model_config) -> dict:
+  """The model's constructor arguments: the config's fields over the class defaults."""
+  return {**defaults(model_config.name), **_kwargs(model_config)}
+
+
 def check_config(model_config) -> None:
   cls = MODELS[model_config.name]
   fields = {f.name for f in dataclasses.fields(cls)} - {'num_outputs', 'parent', 'name'}
@@ -57,16 +62,20 @@ def check_config(model_config) -> None:
                          ('remat', REMAT_POLICIES), ('dtype', DTYPES), ('pooling', POOLINGS)):
     if field in model_config:
       check_choice(model_config, 'model', field, allowed)
-  if 'num_heads' in model_config:
-    heads, kv = model_config.num_heads, model_config.get('num_kv_heads', 0) or model_config.num_heads
-    check(model_config.get('d_model', 128) % heads == 0, 'model.d_model', model_config.get('d_model'),
+  # Checks of fields that depend on each other read the class defaults for fields left out:
+  # each field has one default, the model class's.
+  merged = _with_defaults(model_config)
+  if 'num_heads' in merged:
+    heads = merged['num_heads']
+    kv = merged.get('num_kv_heads') or heads  # 0 (or a model without the field): one per head
+    check(merged['d_model'] % heads == 0, 'model.d_model', merged['d_model'],
           f'use a multiple of model.num_heads={heads}')
     check(heads % kv == 0, 'model.num_kv_heads', kv, f'use a divisor of model.num_heads={heads}')
   if 'query_blocks' in model_config:
     check(model_config.query_blocks >= 1, 'model.query_blocks', model_config.query_blocks,
           'use 1 (one attention call) or more query chunks')
   if model_config.name == 'transformer_classifier':
-    check(model_config.get('pooling', 'mean') != 'last', 'model.pooling', 'last',
+    check(merged['pooling'] != 'last', 'model.pooling', 'last',
           'an encoder has no last state: use mean or max')
   for field in ('dropout', 'word_dropout'):
     if field in model_config:
@@ -76,9 +85,9 @@ def check_config(model_config) -> None:
 # Model FLOPs per example for utilization figures; models not here use XLA's count.
 FLOPS_PER_EXAMPLE = {
     'transformer_lm': lambda model_config, num_params, input_shape: flops.transformer_flops_per_token(
-        model_config, num_params, input_shape[0]) * input_shape[0],
+        _with_defaults(model_config), num_params, input_shape[0]) * input_shape[0],
     'lstm_classifier': lambda model_config, num_params, input_shape: flops.lstm_flops_per_token(
-        {**defaults('lstm_classifier'), **_kwargs(model_config)}) * input_shape[0],
+        _with_defaults(model_config)) * input_shape[0],
 }
 
 
