@@ -20,7 +20,8 @@ Result, :offline (2026-12-01, 2-core Xeon with AVX-512, CPython 3.11's stdlib, t
 test macro F1 0.729, accuracy 0.780 in 2 min 40 s (seeds 1 and 2: 0.721 and 0.725), above the
 TF-IDF + logistic-regression bar of 0.706 (python benchmarks/tfidf_baseline.py). With
 model.cpu_kernel=False (the lax.scan path), 2026-11-29: 0.742 in 3 min 9 s (seeds: 0.723, 0.727).
-The tutorial's hyperparameters on the same data: experiments/ablations/lstm_offline.py and the README.
+The tutorial's hyperparameters on the same data: experiments/ablations/lstm_offline.py and
+experiments/ablations/README.md.
 """
 
 import ml_collections

@@ -7,7 +7,7 @@ blocks without the causal mask), mean-pooled over real tokens, on IMDB reviews o
 
 Same data, vocabulary, length and batch as imdb_lstm.py, so the two compare directly.
 Result, :offline (2026-11-29, 2-core AVX-512 Xeon, train.cpu_matmul=onednn): test macro F1 0.690,
-accuracy 0.752, in 4 min 1 s; see the README's "Text classification". IMDB: not run here (no network).
+accuracy 0.752, in 4 min 1 s; speed in docs/performance.md. IMDB: not run here (no network).
 """
 
 import ml_collections
@@ -48,6 +48,6 @@ def get_config(variant: str = 'imdb') -> ml_collections.ConfigDict:
   c.train.steps = 1000 if offline else 3520  # IMDB: 10 epochs of 22,500
   c.train.eval_every = 250 if offline else 352
   c.train.log_every = 50
-  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls, 1.05-1.15x here (bigjax/xla_options.py)
+  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls, 1.05-1.15x here (bigjax/cpu/xla_options.py)
   c.checkpoint.every = c.train.eval_every
   return c

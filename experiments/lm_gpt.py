@@ -6,7 +6,7 @@
 
 Result (2026-11-29, 2-core x86_64 CPU): :tiny reaches eval 1.652 bits/byte (gzip -9: 2.084,
 xz -9: 1.787) in 8 min 35 s; on a 2-core AVX-512 Xeon with train.cpu_matmul=onednn, the same
-1.652 in 3 min 27 s. See the README's "Language models".
+1.652 in 3 min 27 s. Baselines and speed: docs/performance.md.
 
 Variants. Memory is --dry_run on 8 simulated CPU devices with --config.mesh.data=1
 --config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`;
@@ -78,7 +78,7 @@ def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
   c.train.batch_size = batch
   c.train.eval_every = steps // 5 if big else 0  # tiny: one eval at the end (28 s on 2 cores)
   c.train.log_every = 50 if not big else 100
-  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls, 1.05-1.15x here (bigjax/xla_options.py)
+  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls, 1.05-1.15x here (bigjax/cpu/xla_options.py)
   c.checkpoint.every = 500 if not big else 2000
   c.mesh.fsdp = 1 if not big else -1
   c.mesh.data = -1 if not big else 1

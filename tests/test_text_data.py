@@ -278,7 +278,7 @@ def test_bucketed_eval_predicts_exactly_what_the_full_width_does(snippets):
   assert full[2] == {64} and len(bucketed[2]) > 2
 
 
-@pytest.mark.slow  # about 5 minutes on 2 cores: the README's offline result, pytest -m slow
+@pytest.mark.slow  # about 5 minutes on 2 cores: imdb_lstm.py:offline's figure, pytest -m slow
 def test_offline_lstm_beats_the_tfidf_baseline(data_dir, tmp_path):
   """Issue #5's bar: imdb_lstm.py:offline's test macro F1 above that of the TF-IDF + logistic
   regression that benchmarks/tfidf_baseline.py chooses on validation."""

@@ -3,7 +3,7 @@
   python -m bigjax.sweep --config=experiments/digits_mlp.py \
       --sweep=experiments/ablations/activations.py --seeds=3 --workdir=runs/ablations/activations
 
-Result: see the README's "Ablations" (results.md, curves.png and bar.png land in the workdir).
+Result: experiments/ablations/README.md (results.md, curves.png and bar.png land in the workdir).
 """
 
 from bigjax.sweep import sweep

@@ -4,7 +4,7 @@ offline snippets (each row undoes part of the offline recipe; the last row is th
   python -m bigjax.sweep --config=experiments/imdb_lstm.py:offline \
       --sweep=experiments/ablations/lstm_offline.py --workdir=runs/ablations/lstm_offline
 
-About 3.5 minutes a run on 2 CPU cores. Results: README, Text classification.
+About 3.5 minutes a run on 2 CPU cores. Results: experiments/ablations/README.md.
 """
 
 TUTORIAL_SIZES = {'model.embed_dim': 100, 'model.hidden': 200}
