@@ -9,7 +9,7 @@ the weights for one output cotangent): bigjax's flax modules jitted with train.c
 compiler options, as the LM's train step is; PyTorch's are the modules of lm_vs_pytorch.py's
 reference. The parts:
 
-  attention_core  q, k, v -> output: bigjax's `attend` (two query blocks) / F.scaled_dot_product_attention
+  attention_core  q, k, v -> output: bigjax's `attention` (two query blocks) / F.scaled_dot_product_attention
   attention       x + attention(norm(x)): norm, query/key/value, RoPE, the core, output projection
   mlp             x + mlp(norm(x)): norm, up, GELU (tanh), down
   layernorm       norm(x) alone
@@ -50,8 +50,8 @@ def bigjax_parts(x, g):
   import jax
   import jax.numpy as jnp
 
-  from bigjax import xla_options
-  from bigjax.models import transformer
+  from bigjax.cpu import xla_options
+  from bigjax.models import attention, transformer
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
   valid = jnp.ones((B, T), bool)
   norm = lambda name: transformer.NORMS['layernorm'](dtype=jnp.float32, name=name)  # noqa: E731
@@ -87,7 +87,7 @@ def bigjax_parts(x, g):
   heads = lambda a: jnp.asarray(a.reshape(B, T, HEADS, -1))  # noqa: E731
   q, k, v, out_g = heads(x), heads(x[:, ::-1]), heads(g[:, ::-1]), heads(g)
   core = jax.jit(lambda q, k, v, out_g: jax.vjp(
-      lambda q, k, v: transformer.attend(q, k, v, valid, causal=True, blocks=2), q, k, v)[1](out_g),
+      lambda q, k, v: attention.attention(q, k, v, valid, causal=True, blocks=2), q, k, v)[1](out_g),
       compiler_options=xla_options.ONEDNN)
   parts['attention_core'] = lambda: jax.block_until_ready(core(q, k, v, out_g))
   return parts

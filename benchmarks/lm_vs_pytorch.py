@@ -34,9 +34,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # `python benchmarks/lm_vs_pytorch.py` from anywhere
-# bigjax before torch: `import bigjax` sets glibc's malloc to keep freed memory (bigjax/host_memory.py),
-# which must happen before any library starts threads. Both contenders then share that setting.
-import bigjax  # noqa: E402, F401, I001
+from bigjax import cpu  # noqa: E402, I001
+cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.main` sets it: before any
+# library starts threads (bigjax/cpu/heap.py). Both contenders then share it.
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

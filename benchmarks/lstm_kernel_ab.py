@@ -1,8 +1,8 @@
-"""Times edited copies of bigjax/models/lstm_cpu.cc against the committed one, interleaved (issue #5).
+"""Times edited copies of bigjax/cpu/lstm_cpu.cc against the committed one, interleaved (issue #5).
 
   python benchmarks/lstm_kernel_ab.py [--rounds 101] VARIANT.cc [VARIANT.cc ...]
 
-Contenders: `ref` (the committed bigjax/models/lstm_cpu.cc), `control` (the same file again, built
+Contenders: `ref` (the committed bigjax/cpu/lstm_cpu.cc), `control` (the same file again, built
 under other names: its ratio is the noise floor) and each VARIANT.cc, named by its file name. Each
 is compiled as bigjax does (native.py) with its FFI handlers renamed, and its forward and backward
 calls run on lstm_vs_pytorch.py's shapes (T 256, B 64, E 100, H 200, a tenth of the tokens padding)
@@ -25,13 +25,15 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bigjax  # noqa: E402, F401, I001  sets glibc malloc before jax starts its threads
+from bigjax import cpu  # noqa: E402, I001
+cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.main` sets it: before any
+# library starts threads (bigjax/cpu/heap.py).
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bigjax.models import lstm, native  # noqa: E402
+from bigjax.cpu import lstm, native  # noqa: E402
 
 STEPS, BATCH, EMBED, HIDDEN = 256, 64, 100, 200
 REFERENCE = os.path.join(os.path.dirname(native.__file__), 'lstm_cpu.cc')
@@ -39,7 +41,7 @@ REFERENCE = os.path.join(os.path.dirname(native.__file__), 'lstm_cpu.cc')
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('variants', nargs='+', help='edited copies of bigjax/models/lstm_cpu.cc')
+  parser.add_argument('variants', nargs='+', help='edited copies of bigjax/cpu/lstm_cpu.cc')
   parser.add_argument('--rounds', type=int, default=101, help='interleaved rounds; the summary: their median')
   args = parser.parse_args(argv)
   if args.rounds < 1:
@@ -63,18 +65,18 @@ def calls(name: str, path: str, build_dir: str, inputs):
     source = f.read()
   renamed = os.path.join(build_dir, f'lstm_cpu_{name}.cc')
   with open(renamed, 'w') as f:
-    for handler in lstm._KERNELS:
+    for handler in lstm.KERNELS:
       source = source.replace(handler, f'{handler}_{name}')
     f.write(source)
   library = ctypes.cdll.LoadLibrary(native.build(renamed))  # raises if it does not compile
-  targets = tuple(f'{handler}_{name}' for handler in lstm._KERNELS)
+  targets = tuple(f'{handler}_{name}' for handler in lstm.KERNELS)
   for target in targets:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu')
   x, valid, weights, d_states, d_last = inputs
-  # The calls the model makes (lstm.py), to this build's handlers: (states, last), residuals; then
+  # The calls the model makes (bigjax/cpu/lstm.py), to this build's handlers: (states, last), residuals; then
   # the input and weight gradients.
-  forward = jax.jit(lambda x: lstm._kernel_forward(x, valid, weights, False, targets))
-  backward = jax.jit(lambda residuals: lstm._kernel_backward(False, residuals, (d_states, d_last), targets))
+  forward = jax.jit(lambda x: lstm.forward(x, valid, weights, False, targets))
+  backward = jax.jit(lambda residuals: lstm.backward(False, residuals, (d_states, d_last), targets))
   return forward, backward
 
 

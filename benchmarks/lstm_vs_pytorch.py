@@ -7,7 +7,7 @@ final hidden state, cross-entropy, Adam(lr 1e-3), batch 64, sequence length 256,
 
   A  bigjax: LSTMClassifier(2, vocab_size=10000, embed_dim=100, hidden=200, pooling='last'), optax
      adam(1e-3), softmax cross-entropy, one jax.jit step with params and optimizer state donated.
-     On CPU its LSTM layer runs in C++ (bigjax/models/lstm_cpu.cc).
+     On CPU its LSTM layer runs in C++ (bigjax/cpu/lstm_cpu.cc).
   B  PyTorch, eager: the tutorial's model, torch.optim.Adam.
 
   C  (--scan) A with cpu_kernel=False: the same layer as XLA's lax.scan, what runs where the C++
@@ -32,14 +32,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bigjax  # noqa: E402, F401, I001  before torch: sets glibc malloc before any thread starts
+from bigjax import cpu  # noqa: E402, I001
+cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.main` sets it: before any
+# library starts threads (bigjax/cpu/heap.py), so both contenders share it
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
 from lm_vs_pytorch import median_ratio, set_threads  # noqa: E402  the same threads for both, before jax
+from torch import nn  # noqa: E402
 
 VOCAB, EMBED, HIDDEN, CLASSES, BATCH, LENGTH, LR = 10000, 100, 200, 2, 64, 256, 1e-3
 
@@ -157,8 +158,8 @@ def main(argv=None) -> dict:
     expected = model(torch.from_numpy(tokens).long()).numpy()
   error = float(np.abs(a.logits(tokens) - expected).max() / np.abs(expected).max())
   log(f'check: max |logits bigjax - pytorch| / max |logits| = {error:.2e}')
-  from bigjax.models import lstm, native  # built and loaded already by Bigjax's first trace
-  log('bigjax LSTM layer: ' + ('C++ (bigjax/models/lstm_cpu.cc)' if native.load('lstm_cpu', lstm._KERNELS)
+  from bigjax.cpu import lstm  # built and loaded already by Bigjax's first trace
+  log('bigjax LSTM layer: ' + ('C++ (bigjax/cpu/lstm_cpu.cc)' if lstm.load()
                                else 'lax.scan: the C++ could not be built (see the warning above)'))
   if error > 1e-4:
     raise SystemExit('bigjax and the PyTorch model disagree: they are not the same model')

@@ -17,7 +17,7 @@ fastest per shape. Its JSON also holds "step": {"xla_ms", "xla_onednn_ms", "torc
 "best_steps_per_s"}.
 
 Each shape is timed three ways, interleaved: XLA with its default matmuls (YNNPACK/Eigen), XLA
-with oneDNN's (train.cpu_matmul=onednn, bigjax/xla_options.py), and torch.matmul; each round
+with oneDNN's (train.cpu_matmul=onednn, bigjax/cpu/xla_options.py), and torch.matmul; each round
 the best of several calls, the summary the median over rounds. The last stdout line is JSON:
 {"<shape>": {"xla_gflops": .., "xla_onednn_gflops": .., "torch_gflops": .., "ratio": xla / torch,
 "onednn_ratio": xla_onednn / torch}, ...}.
@@ -31,11 +31,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bigjax  # noqa: E402, F401, I001  before torch: sets glibc malloc before any thread starts
+from bigjax import cpu  # noqa: E402, I001
+cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.main` sets it: before any
+# library starts threads (bigjax/cpu/heap.py).
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from lm_vs_pytorch import set_threads  # noqa: E402
 
 TOKENS, D_MODEL, MLP, HEADS, HEAD_DIM, BLOCK, CONTEXT = 4096, 384, 1536, 96, 64, 128, 256
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from bigjax import xla_options
+  from bigjax.cpu import xla_options
 
   rng = np.random.default_rng(0)
   # The LM's shapes are one layer's, not a whole train step's: count 0, no step total.

@@ -90,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (that update is not applied; train lines count nonfinite_steps).
   c.train.on_nonfinite = 'stop'
   # Which library runs the train step's matmuls on an x86 CPU: xla (YNNPACK/Eigen) or onednn
-  # (faster for Transformers, slower for the LSTM's tiny recurrent ones; bigjax/xla_options.py).
+  # (faster for Transformers, slower for the LSTM's tiny recurrent ones; bigjax/cpu/xla_options.py).
   # Ignored on GPU and TPU.
   c.train.cpu_matmul = 'xla'
 
@@ -133,7 +133,8 @@ def check_choice(section: ml_collections.ConfigDict, prefix: str, key: str, name
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field. Imports registries lazily."""
-  from bigjax import data, models, optim, tasks, xla_options  # noqa: PLC0415 (keeps flag parsing light)
+  from bigjax import data, models, optim, tasks  # noqa: PLC0415 (keeps flag parsing light)
+  from bigjax.cpu import xla_options  # noqa: PLC0415
 
   def need(ok, field, allowed):
     group, _, key = field.rpartition('.')

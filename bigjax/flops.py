@@ -40,7 +40,7 @@ def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> 
 def lstm_flops_per_token(model_config) -> float:
   """6 x (inputs + H) x 4H per direction and layer: the input and recurrent matmuls, forward and
   backward (the gates' arithmetic and the head are small beside them). Counted here because XLA
-  cannot see into the C++ layer (bigjax/models/lstm_cpu.cc) that runs it on CPU."""
+  cannot see into the C++ layer (bigjax/cpu/lstm_cpu.cc) that runs it on CPU."""
   directions = 2 if model_config['bidirectional'] else 1
   hidden, width, total = model_config['hidden'], model_config['embed_dim'], 0
   for _ in range(model_config['num_layers']):

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bigjax import cpu
 from bigjax.config import ConfigError, RunStopped, fail, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
@@ -177,6 +178,9 @@ def run_mode(config, workdir: str) -> None:
 
 
 def main(argv):
+  # A bigjax process keeps freed heap memory for XLA:CPU's per-step scratch space: before anything
+  # below imports jax and its CPU client starts threads (bigjax/cpu/heap.py says why then).
+  cpu.keep_freed_memory_on_cpu()
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')

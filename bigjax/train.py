@@ -19,8 +19,9 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers, xla_options
+from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers
 from bigjax.config import ConfigError, RunStopped
+from bigjax.cpu import xla_options
 from bigjax.data import pipeline
 
 EXIT_NONFINITE = 3  # train.on_nonfinite=stop met a NaN or Inf

@@ -294,7 +294,7 @@ def test_the_kernel_gives_the_same_bits_while_threads_trade_rows():
 def test_the_kernel_ab_benchmark_tells_a_numerical_change_from_the_same_code(tmp_path):
   """benchmarks/lstm_kernel_ab.py: a copy of lstm_cpu.cc gives ref's bits, one whose tanh rounds
   once more does not, and each gets its timings and ratios."""
-  with open(os.path.join(REPO, 'bigjax', 'models', 'lstm_cpu.cc')) as f:
+  with open(os.path.join(REPO, 'bigjax', 'cpu', 'lstm_cpu.cc')) as f:
     code = f.read()
   assert 'return x * p / q;' in code
   (tmp_path / 'copy.cc').write_text(code)
@@ -308,10 +308,10 @@ def test_the_kernel_ab_benchmark_tells_a_numerical_change_from_the_same_code(tmp
 
 
 def test_without_a_compiler_the_kernel_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):
-  from bigjax.models import lstm, native
+  from bigjax.cpu import lstm, native
   monkeypatch.setenv('BIGJAX_CACHE_DIR', str(tmp_path))  # nothing cached: it must build
   monkeypatch.setenv('PATH', str(tmp_path))  # and finds no g++
-  assert native.load.__wrapped__('lstm_cpu', lstm._KERNELS) is False
+  assert native.load.__wrapped__('lstm_cpu', lstm.KERNELS) is False
   assert 'could not be built' in caplog.text and list(tmp_path.iterdir()) == []
   # The model then traces the scan, whatever cpu_kernel says.
   monkeypatch.setattr(native, 'load', lambda *_: False)
@@ -353,8 +353,9 @@ def test_an_lstm_returning_only_its_last_state_has_the_same_gradients(cpu_kernel
                          ids=['one-of-each', 'no-steps', 'empty-batch', 'odd-sizes'])
 def test_the_cpp_layer_matches_the_scan_at_edge_shapes(shape):
   """(B, T, E, H): single units, nothing to run over, and sizes that fill no vector or tile evenly."""
-  from bigjax.models import lstm, native
-  assert native.load('lstm_cpu', lstm._KERNELS)
+  from bigjax.cpu import lstm as cpu_lstm
+  from bigjax.models import lstm
+  assert cpu_lstm.load()
   batch, steps, embed, hidden = shape
   keys = jax.random.split(jax.random.key(8), 5)
   x = jax.random.normal(keys[0], (steps, batch, embed))

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import train, xla_options
+from bigjax import train
+from bigjax.cpu import xla_options
 from helpers import assert_resumed, final_state, lm_batches, tiny_lm_config, train_steps
 
 pytestmark = pytest.mark.skipif(not xla_options.onednn_applies('onednn'),

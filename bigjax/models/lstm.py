@@ -5,12 +5,11 @@ the LSTM carries its state unchanged through padding (left, right or anywhere), 
 one vector per sequence pooled over real tokens only: the state after the last real token, or the
 mean or max over real tokens. Padding therefore never changes a prediction.
 
-Speed: each layer is a custom_vjp with a hand-written backward pass. On CPU it runs in C++
-(lstm_cpu.cc: two XLA FFI calls, compiled on first use by native.py) unless `cpu_kernel=False`.
-Elsewhere, and where the C++ cannot be built, a lax.scan computes the same: every step's input
-projection as one (T*B, E) @ (E, 4H) matmul before the loop, and the weight gradients as one matmul
-each after the backward loop. Both are tested against autodiff of a plain LSTM;
-benchmarks/lstm_vs_pytorch.py measures them.
+Speed: each layer is a custom_vjp with a hand-written backward pass, a lax.scan: every step's
+input projection as one (T*B, E) @ (E, 4H) matmul before the loop, and the weight gradients as one
+matmul each after the backward loop. On CPU the same layer runs in C++ where bigjax.cpu.lstm says it
+applies (unless `cpu_kernel=False`); that module is the only place this file meets it. Both are
+tested against autodiff of a plain LSTM; benchmarks/lstm_vs_pytorch.py measures them.
 """
 
 import functools
@@ -20,10 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models import native
+from bigjax.cpu import lstm as cpu_lstm
 from bigjax.models.layers import dense, masked_pool, token_matmul
-
-_KERNELS = ('BigjaxLstmForward', 'BigjaxLstmBackward')  # lstm_cpu.cc's FFI handlers
 
 
 def _gate_scale(hidden, dtype):
@@ -33,7 +30,7 @@ def _gate_scale(hidden, dtype):
 
 def _activate(pre, hidden):
   """All four gates at once: sigmoid(x) = tanh(x / 2) / 2 + 1/2, so one tanh over the contiguous
-  (B, 4H) block. XLA:CPU runs that 1.35x faster than sigmoid and tanh on four slices."""
+  (B, 4H) block, which XLA runs faster than sigmoid and tanh on four slices."""
   scale = _gate_scale(hidden, pre.dtype)
   return jnp.tanh(pre * scale) * scale + (1 - scale)
 
@@ -93,37 +90,14 @@ def _scan_backward(reverse, residuals, cotangents):
   return token_matmul(d_pre, w_input.T), d_weights
 
 
-def _kernel_forward(x, valid, weights, reverse, targets=_KERNELS):
-  """_scan_forward as one FFI call to lstm_cpu.cc; it keeps less for the backward. (targets: the
-  registered names of its two handlers; benchmarks/lstm_kernel_ab.py registers edited copies.)"""
-  (steps, batch, _), (hidden, width) = x.shape, weights[1].shape
-  state = jax.ShapeDtypeStruct((steps, batch, hidden), x.dtype)
-  states, last, cells, gates = jax.ffi.ffi_call(
-      targets[0], (state, state.update(shape=(batch, hidden)), state,
-                            state.update(shape=(steps, batch, width))),
-      vmap_method='sequential')(x, valid, *weights, reverse=reverse)
-  return (states, last), (x, valid, weights, states, cells, gates)
-
-
-def _kernel_backward(reverse, residuals, cotangents, targets=_KERNELS):
-  """_scan_backward as one FFI call to lstm_cpu.cc (d_states None: zeros it need not read)."""
-  x, valid, weights, *saved = residuals
-  d_states, d_last = cotangents
-  cotangents = (jnp.zeros((0,), x.dtype) if d_states is None else d_states, d_last)
-  like = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, *weights)]
-  d_x, *d_weights = jax.ffi.ffi_call(targets[1], like, vmap_method='sequential')(
-      x, valid, *weights[:2], *saved, *cotangents, reverse=reverse)
-  return d_x, tuple(d_weights)
-
-
 class _LayerOptions(NamedTuple):
   reverse: bool  # read the sequence from its end
-  kernel: bool  # lstm_cpu.cc (loaded; on CPU), not the scan
+  kernel: bool  # bigjax.cpu.lstm's C++ layer (it applies), not the scan
   with_states: bool  # return (states, last); False: only last, and no states' gradient to read
 
 
 def _layer_forward(x, valid, weights, options):
-  run = _kernel_forward if options.kernel else _scan_forward
+  run = cpu_lstm.forward if options.kernel else _scan_forward
   (states, last), residuals = run(x, valid, weights, options.reverse)
   return ((states, last) if options.with_states else last), residuals
 
@@ -133,7 +107,7 @@ def _layer_backward(options, residuals, cotangents):
   d_states, d_last = cotangents if with_states else (None, cotangents)
   if d_states is None and not kernel:
     d_states = jnp.zeros(residuals[0].shape[:2] + d_last.shape[-1:], d_last.dtype)
-  d_x, d_weights = (_kernel_backward if kernel else _scan_backward)(reverse, residuals, (d_states, d_last))
+  d_x, d_weights = (cpu_lstm.backward if kernel else _scan_backward)(reverse, residuals, (d_states, d_last))
   return d_x, None, d_weights
 
 
@@ -152,7 +126,7 @@ class LSTM(nn.Module):
   with time_major, (T, B, E) inputs and (T, B) valid -> (T, B, H) states."""
   hidden: int
   reverse: bool = False  # read the sequence from its end: the backward half of a bidirectional layer
-  cpu_kernel: bool = True  # on CPU, the recurrence in C++ (lstm_cpu.cc); False: XLA's scan
+  cpu_kernel: bool = True  # on CPU, the recurrence in C++ (bigjax.cpu.lstm); False: XLA's scan
   return_states: bool = True  # False: (None, last), and the backward skips the states' zero gradient
   time_major: bool = False  # the layer runs time-major: batch-major inputs cost a transpose each way
 
@@ -166,8 +140,7 @@ class LSTM(nn.Module):
     # Forget-gate bias 1: remember by default early in training (Jozefowicz et al., 2015).
     bias = self.param('bias', nn.with_logical_partitioning(
         lambda key, shape: jnp.zeros(shape).at[self.hidden:2 * self.hidden].set(1.0), (None,)), (gates,))
-    kernel = (self.cpu_kernel and x.dtype == jnp.float32 and jax.default_backend() == 'cpu'
-              and native.load('lstm_cpu', _KERNELS))
+    kernel = self.cpu_kernel and cpu_lstm.applies(x.dtype)
     # Time-major inside: a step's rows are contiguous, and transposing x (E wide) is cheaper than
     # transposing anything 4H wide.
     to_layer = (lambda a: a) if self.time_major else (lambda a: a.swapaxes(0, 1))
@@ -188,16 +161,16 @@ class LSTMClassifier(nn.Module):
   dropout: float = 0.0  # between layers and on the pooled vector
   word_dropout: float = 0.0  # training only: each token's embedding zeroed with this probability
   pad_id: int = 0
-  cpu_kernel: bool = True  # on CPU, the LSTM recurrence in C++ (lstm_cpu.cc); False: XLA's scan
+  cpu_kernel: bool = True  # on CPU, the LSTM recurrence in C++ (bigjax.cpu.lstm); False: XLA's scan
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     # Time-major from the lookup on, as the LSTM runs: gathering the embeddings in that order spares
-    # a transpose of them and of their gradient (6.5 MB each way for a batch of 64 x 256 x 100).
+    # a transpose of them and of their gradient.
     valid = (tokens != self.pad_id).T
     # Embeddings of std 1/sqrt(embed_dim) (flax's default), not PyTorch's N(0, 1): Adam's steps are
-    # then large beside them, the words are learnt sooner and generalize better (the tutorial's
-    # hyperparameters on the offline snippets: test macro F1 0.539 -> 0.613; README, Text classification).
+    # then large beside them, the words are learnt sooner and generalize better (a higher test F1 on
+    # the offline snippets with the tutorial's hyperparameters).
     x = nn.Embed(self.vocab_size, self.embed_dim, name='embed', embedding_init=nn.with_logical_partitioning(
         nn.initializers.normal(self.embed_dim ** -0.5), ('vocab', 'embed')))(tokens.T)
     if train and self.word_dropout:

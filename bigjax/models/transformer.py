@@ -19,6 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax import cpu
+from bigjax.cpu import fused as cpu_fused
+from bigjax.models.attention import attention
 from bigjax.models.layers import ACTIVATIONS, dense, masked_pool, token_dot_general, token_matmul
 
 REMAT_POLICIES = {
@@ -60,54 +63,6 @@ def rope(x, positions, base: float = 10000.0):
   return (x32 * cos + jnp.roll(x32, half, axis=-1) * sin).astype(x.dtype)
 
 
-def attend(q, k, v, valid, *, causal: bool, first=0, blocks: int = 1):
-  """jax.nn.dot_product_attention of q (B, T, heads, head_dim) over k, v (B, S, kv_heads, head_dim).
-
-  Query i sits at key slot first + i and sees slot j if j is a real token (valid (B, S)) and,
-  when causal, j <= first + i. With causal, first == 0 and blocks > 1, the queries are cut into
-  `blocks` equal chunks and chunk c attends only to the keys up to its own end: the same
-  numbers, but the fully masked upper-right blocks are never computed (two blocks: a quarter
-  fewer attention FLOPs, 1.45x faster attention on CPU).
-  """
-  t = q.shape[1]
-  if blocks > 1 and causal and first == 0 and t % blocks == 0 and k.shape[1] == t:
-    size = t // blocks
-    chunks = []
-    for c in range(blocks):
-      end = (c + 1) * size
-      chunks.append(attend(q[:, c * size:end], k[:, :end], v[:, :end], valid[:, :end], causal=True,
-                           first=c * size))
-    return jnp.concatenate(chunks, axis=1)
-  mask = valid[:, None, None, :]
-  if causal:  # slots are in time order, so this is the causal mask
-    mask &= (jnp.arange(k.shape[1])[None, :] <= first + jnp.arange(t)[:, None])[None, None]
-  if jax.default_backend() == 'cpu':
-    return _heads_major_attention(q, k, v, mask)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask)  # cuDNN's fused kernel where it applies
-
-
-def _heads_major_attention(q, k, v, mask):
-  """What jax.nn.dot_product_attention computes, with the heads moved in front of time first.
-
-  XLA:CPU then runs both attention matmuls as plain batched GEMMs over (batch, heads); its
-  lowering of dot_product_attention (time-major einsums) is 1.25-1.5x slower forward and backward
-  at the LM benchmark's shape. Query head n uses key/value head n // (num_heads // kv_heads).
-  """
-  b, t, n, h = q.shape
-  kv_heads = k.shape[2]
-  q = (q * h ** -0.5).reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, H)
-  scores = jnp.einsum('bkgth,bksh->bkgts', q, k, preferred_element_type=jnp.float32)
-  scores = jnp.where(mask[:, :, None], scores, -1e30)
-  # The softmax, normalized after the values matmul (as flash attention does): the division, and
-  # in backward the softmax's row sum, run over head_dim-wide rows instead of key-length ones
-  # (the LM benchmark's step: 1.06x). The max only keeps exp in range: no gradient through it.
-  weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-  out = jnp.einsum('bkgts,bksh->bkgth', weights.astype(v.dtype), v)  # (B, K, G, T, H)
-  out = out / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-
-
 class Attention(nn.Module):
   """Multi-head (num_kv_heads == num_heads) or grouped-query attention."""
   num_heads: int
@@ -117,7 +72,7 @@ class Attention(nn.Module):
   use_rope: bool
   causal: bool = True
   decode: bool = False
-  query_blocks: int = 1  # causal attention in this many query chunks (see attend)
+  query_blocks: int = 1  # causal attention in this many query chunks (see attention.attention)
 
   @nn.compact
   def __call__(self, x, positions, valid):
@@ -127,26 +82,23 @@ class Attention(nn.Module):
       init = nn.initializers.xavier_uniform(in_axis=in_axis, out_axis=out_axis)
       return self.param(name, _init(axes, init), shape).astype(self.dtype)
 
-    # Query, key and value in one matmul, grouped by key/value head: a wider GEMM, and in backward
-    # one input-gradient dot instead of three summed (which XLA:CPU's oneDNN fusion cannot compile;
-    # bigjax/xla_options.py). Concatenating within each kv head keeps the heads axis, which
-    # config.mesh.rules shards over `tensor`, whole.
-    group = self.num_heads // self.num_kv_heads
     kernels = [weight(name, (d_model, heads, self.head_dim), ('embed', 'heads', 'kv'), 0, (1, 2))
                for name, heads in (('query', self.num_heads), ('key', self.num_kv_heads),
                                    ('value', self.num_kv_heads))]
-    kv_heads, tokens = self.num_kv_heads, x.shape[:-1]
-    w = jnp.concatenate([k.reshape(d_model, kv_heads, -1) for k in kernels], axis=-1)
-    qkv = token_matmul(x.astype(self.dtype), w).reshape(tokens + (kv_heads, group + 2, self.head_dim))
-    q = qkv[..., :group, :].reshape(tokens + (self.num_heads, self.head_dim))
-    k, v = qkv[..., group, :], qkv[..., group + 1, :]
+    x = x.astype(self.dtype)
+    # One matmul on CPU, for its oneDNN fusion; elsewhere three, since the fused layout groups the
+    # query heads by key/value head, which costs resharding where mesh.tensor exceeds the kv heads.
+    if cpu.fuse_qkv():
+      q, k, v = cpu_fused.qkv_projection(x, *kernels)
+    else:
+      q, k, v = (token_matmul(x, w) for w in kernels)
     if self.use_rope:
       q, k = rope(q, positions), rope(k, positions)
     if self.decode:
       k, v, valid, first = self._cached(k, v, valid)
-      out = attend(q, k, v, valid, causal=self.causal, first=first)
+      out = attention(q, k, v, valid, causal=self.causal, first=first)
     else:
-      out = attend(q, k, v, valid, causal=self.causal, blocks=self.query_blocks)
+      out = attention(q, k, v, valid, causal=self.causal, blocks=self.query_blocks)
     w = weight('out', (self.num_heads, self.head_dim, d_model), ('heads', 'kv', 'embed'), (0, 1), 2)
     return token_matmul(out.reshape(out.shape[:-2] + (-1,)), w.reshape(-1, d_model))
 
@@ -179,8 +131,8 @@ class Mlp(nn.Module):
   def __call__(self, x):
     linear = functools.partial(nn.Dense, dtype=self.dtype, use_bias=False, dot_general=token_dot_general)
     if self.kind == 'swiglu':
-      # Gate and up in one matmul, as Attention's query/key/value: one input-gradient dot in
-      # backward, which XLA:CPU's oneDNN fusion can run (two summed cannot; bigjax/xla_options.py).
+      # Gate and up in one matmul: one input-gradient dot in backward, which XLA:CPU's oneDNN
+      # fusion can run (two summed cannot; bigjax/cpu/fused.py).
       # Interleaved per hidden unit, so the `mlp` axis, sharded over `tensor`, stays whole.
       kernels = [_Kernel((x.shape[-1], self.hidden), ('embed', 'mlp'), name=n)() for n in ('gate', 'up')]
       w = jnp.stack(kernels, axis=-1).astype(self.dtype)  # (embed, mlp, 2)
@@ -222,9 +174,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions, valid):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
-    attention = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, self.use_rope,
-                          self.causal, self.decode, self.query_blocks, name='attention')
-    h = attention(_norm(self.norm, self.dtype, 'attention_norm')(x), positions, valid)
+    self_attention = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, self.use_rope,
+                               self.causal, self.decode, self.query_blocks, name='attention')
+    h = self_attention(_norm(self.norm, self.dtype, 'attention_norm')(x), positions, valid)
     x = x + drop(h)
     h = Mlp(self.mlp_hidden, self.mlp, self.dtype, name='mlp')(_norm(self.norm, self.dtype, 'mlp_norm')(x))
     x = x + drop(h)

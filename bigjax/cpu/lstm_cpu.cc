@@ -148,8 +148,8 @@ struct Right {  // B: n_padded columns, packed in strips of packed_k rows (see P
 };
 
 void Gemm(Matrix a, int64_t m, int64_t k, Right b, float* c, int64_t ldc, bool accumulate) {
-  // One pass over K: passes of 128 rows (each B strip's pass in L1 for all of A's rows) measured
-  // 3-5% slower than streaming the whole strip from L2, with C loaded and stored once.
+  // One pass over K: streaming the whole strip from L2, with C loaded and stored once, beat passes
+  // of 128 rows (each B strip's pass in L1 for all of A's rows; docs/performance.md).
   for (int64_t j = 0; j < b.n_padded; j += kStrip * kLanes) {
     const int64_t width = std::min(kStrip * kLanes, b.n_padded - j);
     const float* strip = b.packed_k ? b.data + j * b.packed_k : b.data + j;
@@ -180,7 +180,7 @@ std::vector<float> Pack(int64_t k, int64_t n, F value) {
   return packed;
 }
 
-constexpr int64_t kBlock = 8;  // steps per weight-gradient matmul in the backward (16: 0.7% slower, 4: 5%)
+constexpr int64_t kBlock = 8;  // steps per weight-gradient matmul in the backward: faster than 4 or 16
 
 // --- threads --------------------------------------------------------------------------------------
 // Runs part(p) for p in [0, parts) on XLA's intra-op threads and this one. Parts are claimed from a
@@ -216,9 +216,9 @@ constexpr int kClosed = -2, kOpen = -1;  // RunRows: a part not running steps; r
 // once a step, where rows are independent of each other. The batch's groups of group_rows rows are
 // split among parts (ParallelFor's, one a thread), each running its rows through all the steps; a
 // part that finishes takes the upper half of the groups a busy part has left, from that one's next
-// step on. Why: the cores of a shared VM run at speeds that wander by 10% within a call, and with a
-// fixed split the call waited on the slower part for 7% of its time (2-core Xeon, 2026-12-01). A row's results do not depend
-// on which part ran it, and what a group accumulates over the steps is kept by the group.
+// step on. Why: the cores of a shared VM run at speeds that wander within a call, and with a fixed
+// split the call waits on the slower part. A row's results do not depend on which part ran it, and
+// what a group accumulates over the steps is kept by the group.
 template <typename F>
 void RunRows(ffi::ThreadPool& pool, int64_t batch, int64_t group_rows, int64_t steps, F step) {
   struct alignas(64) Worker {

@@ -61,7 +61,7 @@ def build(source: str) -> str:
 
 @functools.cache
 def load(name: str, handlers: tuple[str, ...]) -> bool:
-  """Compiles bigjax/models/{name}.cc and registers each handler as a CPU FFI target of that
+  """Compiles bigjax/cpu/{name}.cc and registers each handler as a CPU FFI target of that
   name. False, after one warning, where it cannot be built."""
   try:
     library = ctypes.cdll.LoadLibrary(build(os.path.join(_HERE, f'{name}.cc')))

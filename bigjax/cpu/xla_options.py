@@ -2,20 +2,19 @@
 
 XLA:CPU hands its matmuls to YNNPACK or Eigen by default. Its experimental oneDNN fusion runs
 them with oneDNN instead, the library under PyTorch's CPU matmuls. At the LM benchmark's shapes
-(benchmarks/matmul_shapes.py, 2-core AVX-512 Xeon) that is 1.9-2.3x faster for the attention's
-small batched matmuls and 1.05-1.45x for the projections, the MLP and the weight gradients. The
-Transformer experiments' train steps gain 1.05-1.15x and set it. The LSTM's, 512 small
-recurrent matmuls in a row, runs 1.14x slower at the tutorial's shapes (benchmarks/
-lstm_vs_pytorch.py) and keeps the default, as does everything else: the fusion is experimental in
-XLA, and its failures (below) kill the process.
+(benchmarks/matmul_shapes.py) that is faster for every matmul of a Transformer step, most of all
+for the attention's small batched ones, so the Transformer experiments set it. The LSTM's step,
+hundreds of small recurrent matmuls in a row, runs slower with it and keeps the default, as does
+everything else: the fusion is experimental in XLA, and its failures (below) kill the process.
+docs/performance.md has the figures.
 
 XLA 0.10's oneDNN fusion aborts the process ("partition compile failed", SIGILL) when it runs
 some fusions: several dots in one (the summed input gradients of matmuls that share an input,
-which is why the Transformer fuses query/key/value, and SwiGLU's gate/up, into one matmul each),
-or elementwise work on a dot's input (a GELU's gradient feeding the next matmul's). The fusions
-that ran correctly here are one dot of the fusion's inputs, maybe followed by elementwise work on
-its result. `jit_and_compile` lets only those run: if the compiled program holds any other oneDNN
-fusion, it compiles again with XLA's default matmuls.
+which is why the Transformer fuses query/key/value, and SwiGLU's gate/up, into one matmul each
+where this applies), or elementwise work on a dot's input (a GELU's gradient feeding the next
+matmul's). The fusions that ran correctly are one dot of the fusion's inputs, maybe followed by
+elementwise work on its result. `jit_and_compile` lets only those run: if the compiled program
+holds any other oneDNN fusion, it compiles again with XLA's default matmuls.
 """
 
 import platform
