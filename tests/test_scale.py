@@ -4,6 +4,7 @@ shape, in 2 processes; shard_map against GSPMD; --dry_run's memory report; multi
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,13 @@ def local_multihost(n, *args, **popen_kwargs):
   env = {**os.environ, 'PYTHON': sys.executable, 'LOCAL_DEVICES': '4'}
   return subprocess.Popen(['bash', 'launch/local_multihost.sh', str(n), *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_kwargs)
+
+
+def _free_port() -> int:
+  """A loopback port nobody listens on now, for a coordinator."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 def _test_loss(workdir):
@@ -252,8 +260,7 @@ runpy.run_module('bigjax.main', run_name='__main__', alter_sys=True)
 
 def _two_processes_by_hand(args, kinds):
   """Runs the two processes of a run; process i's checkpoint reads fail as kinds[i] says."""
-  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
-                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
   hosts = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
@@ -298,8 +305,7 @@ def test_hosts_agree_on_a_checkpoint_before_anything_is_renamed(data_dir, tmp_pa
 def test_without_the_launcher_a_dead_process_stops_the_others(data_dir, tmp_path, victim):
   """Processes started by hand (as on real hosts): JAX's heartbeat (--heartbeat_timeout_s=30)
   tells the survivor its peer is gone; killing the coordinator's process ends the other at once."""
-  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
-                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
   args = [*_digits_args(tmp_path, data_dir), '--config.train.steps=3000', '--config.checkpoint.every=50',
@@ -325,8 +331,7 @@ def test_without_the_launcher_a_dead_process_stops_the_others(data_dir, tmp_path
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, tmp_path):
   """JAX's preemption sync point: the process that got SIGTERM and its peer stop at the same
   step, both exit 143 after checkpointing it, and the rerun resumes to the unbroken run's loss."""
-  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
-                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
   args = [*_digits_args(tmp_path / 'run', data_dir), '--config.train.steps=300',
@@ -377,8 +382,7 @@ except ConfigError as e:
 
 
 def test_a_host_whose_tokenizer_is_not_process_0s_is_stopped():
-  port = subprocess.check_output([sys.executable, '-c', 'import socket; s = socket.socket(); '
-                                  's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'], text=True).strip()
+  port = _free_port()
   env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, 'JAX_PLATFORMS': 'cpu'}
   procs = [subprocess.Popen([sys.executable, '-c', SAME_TOKENIZER, f'127.0.0.1:{port}', str(i)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
