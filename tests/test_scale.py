@@ -40,6 +40,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _host_env() -> dict:
+  """The environment of one process started by hand, as on a real host: 4 CPU devices of its own."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return {**env, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4'}
+
+
 def _test_loss(workdir):
   return read_metrics(workdir, 'test')[-1]['loss']
 
@@ -261,8 +267,7 @@ runpy.run_module('bigjax.main', run_name='__main__', alter_sys=True)
 def _two_processes_by_hand(args, kinds):
   """Runs the two processes of a run; process i's checkpoint reads fail as kinds[i] says."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  env = _host_env()
   hosts = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   procs = [subprocess.Popen([sys.executable, '-c', READ_FAILS_ON_ONE_HOST, kind, *args, *hosts,
                              f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -306,8 +311,7 @@ def test_without_the_launcher_a_dead_process_stops_the_others(data_dir, tmp_path
   """Processes started by hand (as on real hosts): JAX's heartbeat (--heartbeat_timeout_s=30)
   tells the survivor its peer is gone; killing the coordinator's process ends the other at once."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  env = _host_env()
   args = [*_digits_args(tmp_path, data_dir), '--config.train.steps=3000', '--config.checkpoint.every=50',
           f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   procs = [subprocess.Popen([sys.executable, '-m', 'bigjax.main', *args, f'--process_id={i}'], cwd=REPO,
@@ -332,8 +336,7 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, 
   """JAX's preemption sync point: the process that got SIGTERM and its peer stop at the same
   step, both exit 143 after checkpointing it, and the rerun resumes to the unbroken run's loss."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  env = _host_env()
   args = [*_digits_args(tmp_path / 'run', data_dir), '--config.train.steps=300',
           '--config.checkpoint.every=50', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   procs = [subprocess.Popen([sys.executable, '-m', 'bigjax.main', *args, f'--process_id={i}'], cwd=REPO,
@@ -383,7 +386,7 @@ except ConfigError as e:
 
 def test_a_host_whose_tokenizer_is_not_process_0s_is_stopped():
   port = _free_port()
-  env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, 'JAX_PLATFORMS': 'cpu'}
+  env = _host_env()
   procs = [subprocess.Popen([sys.executable, '-c', SAME_TOKENIZER, f'127.0.0.1:{port}', str(i)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in (0, 1)]
