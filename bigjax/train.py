@@ -81,6 +81,12 @@ def setup(config, workdir: str | None = None) -> Setup:
                        dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
+  length = optim.schedule_steps(config.optim, config.train.steps)
+  if length < config.train.steps and config.optim.schedule not in optim.LENGTH_FREE_SCHEDULES:
+    final = float(optim.learning_rate(config.optim, config.train.steps)(length))
+    logging.warning('optim.schedule_steps=%d < train.steps=%d: the %s learning rate stays at its final '
+                    'value, %g, for the last %d steps.', length, config.train.steps, config.optim.schedule,
+                    final, config.train.steps - length)
   init_key = jax.random.split(jax.random.key(config.seed))[0]
   example = _example_inputs(dataset)
 

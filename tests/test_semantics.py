@@ -57,6 +57,16 @@ def _json(**fields) -> str:
   return overridden(base_config(), **fields).to_json_best_effort()
 
 
+def test_a_schedule_shorter_than_the_run_is_one_warning_with_its_final_rate(data_dir, caplog):
+  caplog.set_level('WARNING')
+  train.setup(_digits(data_dir, train__steps=30, optim__schedule_steps=20))
+  assert 'optim.schedule_steps=20 < train.steps=30: the cosine learning rate stays at its final value, 0, ' \
+         'for the last 10 steps.' in caplog.text
+  caplog.clear()
+  train.setup(_digits(data_dir, train__steps=30, optim__schedule_steps=20, optim__schedule='constant'))
+  assert 'schedule_steps' not in caplog.text  # a constant rate has no end to run past
+
+
 def test_config_changes_compare_the_schedules_effective_length():
   def changes(saved: dict, now: dict):
     return config_changes(_json(**saved), overridden(base_config(), **now))
