@@ -147,6 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_config(config.model)
   check_choice(config.data, 'data', 'name', data.DATASETS)
   data.check_config(config.data)
+  pairs = bool(data.DATASETS[config.data.name].target_feature)
+  need(pairs == (config.task.name == 'seq2seq'), 'task.name',
+       'use seq2seq for a text pair dataset (and a pair dataset for seq2seq)')
   model_fields = {**models.defaults(config.model.name), **config.model}
   if model_fields.get('positions') == 'learned' and 'seq_len' in config.data:
     check(model_fields['max_length'] >= config.data.seq_len, 'model.max_length', model_fields['max_length'],
@@ -191,7 +194,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 SAFE_CHANGES = ('train.steps', 'train.eval_every', 'train.log_every', 'train.peak_flops',
                 'train.on_nonfinite', 'train.cpu_matmul', 'checkpoint.every', 'checkpoint.keep',
                 'checkpoint.on_corrupt', 'checkpoint.init_from', 'checkpoint.allow_config_change',
-                'data.data_dir', 'debug.nan_at_step')
+                'data.data_dir', 'data.source_dir', 'task.eval_generate_examples', 'debug.nan_at_step')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:

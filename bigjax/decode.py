@@ -6,9 +6,17 @@
 Prompts of different lengths are left-padded into one batch: pads are marked
 invalid, so no token attends to them, and positions count real tokens only.
 The prompt fills the cache in one call; each new token is then one cached step.
+
+`greedy` and `beam_search` decode any model given as `step_fn(tokens, cache, t) -> (logits, cache)`
+(e.g. a seq2seq decoder over a cached encoder output): ids (B, max_length), each row ending at its EOS,
+pad after. Beam search is the T5/flax-wmt algorithm: alive and finished sets of K hypotheses per example,
+GNMT length penalty, cache rows reordered with the beams. A hypothesis at its length limit, or at
+max_length, is forced to end: EOS keeps its model log-probability, so every output ends with EOS.
+Callers jit them with step_fn closed over.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,3 +105,141 @@ def sample_checkpoint(config, workdir: str, prompt: str, *, num_samples: int, ma
     end = row.index(tokenizer.eos_id) if tokenizer.eos_id in row else len(row)  # a document ended
     texts.append(tokenizer.decode(row[:end]))
   return texts
+
+
+def _limits(length_limit, batch_size: int, max_length: int):
+  """(B,) int32: output tokens allowed per example, EOS included; max_length caps them all."""
+  if length_limit is None:
+    return jnp.full((batch_size,), max_length, jnp.int32)
+  return jnp.clip(jnp.asarray(length_limit, jnp.int32), 1, max_length)
+
+
+def greedy(step_fn, cache, batch_size: int, *, max_length: int, bos_id: int, eos_id: int, pad_id: int = 0,
+           length_limit=None):
+  """(B, max_length) int32 ids, the argmax each step; a row stops at its EOS (included), pad after.
+  length_limit (B,) int32: output tokens allowed per example, EOS included; the last one is forced EOS."""
+  limit = _limits(length_limit, batch_size, max_length)
+
+  def body(state):
+    t, token, cache, ids, done = state
+    logits, cache = step_fn(token, cache, t)
+    token = jnp.where(t + 1 >= limit, eos_id, jnp.argmax(logits, -1).astype(jnp.int32))
+    token = jnp.where(done, pad_id, token)
+    return t + 1, token, cache, ids.at[:, t].set(token), done | (token == eos_id)
+
+  state = (jnp.int32(0), jnp.full((batch_size,), bos_id, jnp.int32), cache,
+           jnp.full((batch_size, max_length), pad_id, jnp.int32), jnp.zeros((batch_size,), bool))
+  return jax.lax.while_loop(lambda s: (s[0] < max_length) & ~s[4].all(), body, state)[3]
+
+
+def _gather_beams(cache, rows, batch_axis: int):
+  """The cache with its rows reordered: leaves with a batch axis are indexed by rows (N,) along it;
+  smaller leaves (a per-layer index counter) are shared by all rows and stay as they are."""
+  return jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis) if x.ndim > batch_axis else x, cache)
+
+
+def _length_penalty(length, alpha: float):
+  return ((5.0 + length) / 6.0) ** alpha  # GNMT (Wu et al. 2016)
+
+
+def _pick(x, index):
+  """x (B, M, ...) at index (B, J) along axis 1: (B, J, ...)."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class _Beams(NamedTuple):
+  t: jax.Array  # () steps taken = tokens in every alive hypothesis
+  last: jax.Array  # (B * K,) the newest token of every alive row, fed to step_fn
+  cache: object  # the model's, one row per alive hypothesis
+  alive_seqs: jax.Array  # (B, K, max_length) int32, pad after position t
+  alive_logp: jax.Array  # (B, K) float32, descending; -inf: no hypothesis
+  finished_seqs: jax.Array  # (B, K, max_length) int32, EOS included
+  finished_scores: jax.Array  # (B, K) float32 log-prob / length penalty, descending
+
+
+def _beam_step(step_fn, state: _Beams, limit, *, eos_id, alpha, cache_batch_axis) -> _Beams:
+  batch_size, beam_size, _ = state.alive_seqs.shape
+  logits, cache = step_fn(state.last, state.cache, state.t)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam_size, -1)
+  vocab = logp.shape[-1]
+  # At its length limit a hypothesis may only end; EOS keeps its own log-probability.
+  forced = (state.t + 1 >= limit)[:, None, None] & (jnp.arange(vocab) != eos_id)
+  candidates = (state.alive_logp[:, :, None] + jnp.where(forced, -jnp.inf, logp)).reshape(batch_size, -1)
+  # 2K candidates: even when K of them end with EOS, K remain to stay alive.
+  top_logp, top = jax.lax.top_k(candidates, 2 * beam_size)
+  parent, token = top // vocab, (top % vocab).astype(jnp.int32)
+  seqs = _pick(state.alive_seqs, parent).at[:, :, state.t].set(token)
+  ends = token == eos_id
+
+  alive_logp, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, top_logp), beam_size)
+  rows = jnp.arange(batch_size)[:, None] * beam_size + _pick(parent, keep)
+  # Old finished first: on a tie top_k keeps the lower index, so a finished set stops changing.
+  scores = jnp.where(ends, top_logp / _length_penalty(state.t + 1, alpha), -jnp.inf)
+  finished_scores, best = jax.lax.top_k(jnp.concatenate([state.finished_scores, scores], axis=1), beam_size)
+  finished_seqs = _pick(jnp.concatenate([state.finished_seqs, seqs], axis=1), best)
+  cache = _gather_beams(cache, rows.reshape(-1), cache_batch_axis)
+  return _Beams(state.t + 1, _pick(token, keep).reshape(-1), cache, _pick(seqs, keep), alive_logp,
+                finished_seqs, finished_scores)
+
+
+def _beams_done(state: _Beams, limit, alpha: float):
+  """(B,) bool: no alive hypothesis can still beat the worst finished one. Log-probs only fall, so the
+  best alive one's log-prob under the most favourable penalty (shortest or longest length) bounds them."""
+  best = state.alive_logp[:, 0]
+  bound = jnp.maximum(best / _length_penalty(limit, alpha), best / _length_penalty(state.t + 1, alpha))
+  return bound <= state.finished_scores[:, -1]
+
+
+def beam_search(step_fn, cache, batch_size: int, *, beam_size: int, max_length: int, bos_id: int, eos_id: int,
+                pad_id: int = 0, alpha: float = 0.6, length_limit=None, cache_batch_axis: int = 0):
+  """(ids (B, max_length) int32, scores (B,) float32): the best finished hypothesis per example, EOS
+  included, pad after, and its log-probability / GNMT length penalty ((5 + length) / 6) ** alpha.
+
+  step_fn sees B * beam_size rows, example-major (row b * K + k is beam k of example b); the caller sizes
+  the cache for them. Leaves of the cache with ndim > cache_batch_axis have their batch axis there.
+  length_limit (B,) int32 as in greedy."""
+  limit = _limits(length_limit, batch_size, max_length)
+  seqs = jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32)
+  # Only beam 0 starts alive: otherwise the K beams would stay K copies of one hypothesis.
+  alive_logp = jnp.full((batch_size, beam_size), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
+  bos = jnp.full((batch_size * beam_size,), bos_id, jnp.int32)
+  state = _Beams(jnp.int32(0), bos, cache, seqs, alive_logp, seqs, jnp.full_like(alive_logp, -jnp.inf))
+  step = functools.partial(_beam_step, step_fn, limit=limit, eos_id=eos_id, alpha=alpha,
+                           cache_batch_axis=cache_batch_axis)
+
+  def running(state):
+    return (state.t < max_length) & ~_beams_done(state, limit, alpha).all()
+
+  state = jax.lax.while_loop(running, step, state)
+  return state.finished_seqs[:, 0], state.finished_scores[:, 0]
+
+
+def seq2seq_generate(model, variables, source, *, max_length: int, beam_size: int, alpha: float, bos_id: int,
+                     eos_id: int, pad_id: int = 0, length_limit=None):
+  """Output ids (B, max_length) for source ids (B, S) from an encoder-decoder (models/seq2seq.py):
+  beam search (greedy for beam_size 1) over the decoder's self-attention KV cache. The encoder,
+  and every layer's cross-attention keys and values, run once per source."""
+  batch, beams = source.shape[0], beam_size
+  memory = model.apply(variables, source, method=model.encode)
+  # Each example's beams are consecutive rows: the memory's batch axes repeat each row `beams` times.
+  memory = {'key': jnp.repeat(memory['key'], beams, axis=1),
+            'value': jnp.repeat(memory['value'], beams, axis=1),
+            'valid': jnp.repeat(memory['valid'], beams, axis=0)}
+  rows = batch * beams
+  targets = jnp.zeros((rows, max_length), jnp.int32)  # the cache is sized for the longest output
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), None, targets, memory=memory, decode=True)['cache'])
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def step_fn(tokens, cache, t):
+    logits, updated = model.apply({'params': variables['params'], 'cache': cache}, None, tokens[:, None],
+                                  memory=memory, decode=True, positions=jnp.full((rows, 1), t),
+                                  mutable=['cache'])
+    return logits[:, 0], updated['cache']
+
+  common = dict(max_length=max_length, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, length_limit=length_limit)
+  if beams == 1:
+    return greedy(step_fn, cache, batch, **common)
+  # A scanned decoder stacks its cache on a leading layer axis.
+  return beam_search(step_fn, cache, batch, beam_size=beams, alpha=alpha,
+                     cache_batch_axis=1 if model.scan_layers else 0, **common)[0]

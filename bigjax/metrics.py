@@ -47,3 +47,39 @@ def from_confusion(counts) -> dict:
   for name, values in (('precision', precision), ('recall', recall), ('f1', f1)):
     out[name] = float(np.mean(values[positive]))
   return out
+
+
+# Generated text, judged corpus-wide by the field's own scorers (never re-implemented here), on
+# detokenized text, as papers report them: 0-100.
+
+def _sacrebleu():
+  import sacrebleu  # noqa: PLC0415 (only tasks that generate need it)
+  return sacrebleu.BLEU(), sacrebleu.CHRF()
+
+
+def translation_scores(outputs: list[str], references: list[str]) -> dict:
+  """Corpus BLEU (sacrebleu's default 13a tokenization) and chrF."""
+  bleu, chrf = _sacrebleu()
+  return {'bleu': bleu.corpus_score(outputs, [references]).score,
+          'chrf': chrf.corpus_score(outputs, [references]).score}
+
+
+def translation_signature() -> str:
+  """sacrebleu's signatures: what makes a BLEU figure comparable with another."""
+  bleu, chrf = _sacrebleu()
+  for metric in (bleu, chrf):
+    metric.corpus_score(['x'], [['x']])  # a signature names the number of references: score once
+  return f'BLEU {bleu.get_signature()}; chrF {chrf.get_signature()}'
+
+
+ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL', 'rougeLsum')
+
+
+def summary_scores(outputs: list[str], references: list[str]) -> dict:
+  """The mean ROUGE F1 over examples (rouge-score, Porter stemming; rougeLsum splits sentences at
+  newlines)."""
+  from rouge_score import rouge_scorer  # noqa: PLC0415
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+  scores = [scorer.score(reference, output) for output, reference in zip(outputs, references)]
+  return {name: 100 * float(np.mean([s[name].fmeasure for s in scores])) if scores else 0.0
+          for name in ROUGE_TYPES}

@@ -1,7 +1,7 @@
 """The one training loop: init, train_step, eval_step, checkpoints, logs.
 
-Every task and model goes through here. A task (bigjax/tasks) supplies the
-loss and metrics; this file never asks which task it runs.
+Every task and model goes through here. A task (bigjax/tasks) says what the model
+is called with and supplies the loss and metrics; this file never asks which task it runs.
 """
 
 import json
@@ -19,7 +19,7 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, flops, models, optim, preemption, sharding, tasks, writers
+from bigjax import checkpoint, data, evaluate, flops, models, optim, preemption, sharding, tasks, writers
 from bigjax.config import ConfigError, RunStopped
 from bigjax.cpu import xla_options
 from bigjax.data import pipeline
@@ -49,8 +49,23 @@ class Setup(NamedTuple):
   init: Callable[[], TrainState]  # jitted; creates the state already sharded
 
 
-def _example_inputs(dataset) -> np.ndarray:
-  return dataset.preprocess(dataset.splits['train'].read([0]))['inputs']
+def _example_batch(dataset) -> dict:
+  """One preprocessed train example: the shapes and dtypes of every batch."""
+  return dataset.preprocess(dataset.splits['train'].read([0]))
+
+
+# Random streams besides parameter init, each folded with the step (and the micro-batch, and the
+# device under shard_map): a resumed run draws exactly what an uninterrupted one would.
+RNG_STREAMS = ('dropout', 'augment')
+
+
+def step_rngs(seed: int, step) -> dict:
+  base = jax.random.split(jax.random.key(seed))[1]
+  return {name: jax.random.fold_in(jax.random.fold_in(base, i), step) for i, name in enumerate(RNG_STREAMS)}
+
+
+def fold_rngs(rngs: dict, data) -> dict:
+  return {name: jax.random.fold_in(key, data) for name, key in rngs.items()}
 
 
 def tokenizer_path(workdir: str | None) -> str | None:
@@ -88,11 +103,12 @@ def setup(config, workdir: str | None = None) -> Setup:
                     'value, %g, for the last %d steps.', length, config.train.steps, config.optim.schedule,
                     final, config.train.steps - length)
   init_key = jax.random.split(jax.random.key(config.seed))[0]
-  example = _example_inputs(dataset)
+  example = _example_batch(dataset)
 
   def boxed_init():
-    inputs = jnp.zeros(example.shape, example.dtype)  # only shapes matter to init
-    variables = model.init({'params': init_key, 'dropout': init_key}, inputs, train=False)
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}  # only shapes matter to init
+    variables = model.init({'params': init_key, **dict.fromkeys(RNG_STREAMS, init_key)},
+                           **task.model_inputs(zeros), train=False)
     params = variables.pop('params')
     # Optimizer state built from boxed params keeps their logical axis names.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
@@ -111,14 +127,13 @@ def setup(config, workdir: str | None = None) -> Setup:
 
 
 def make_train_step(s: Setup, config, compiler_options=None):
-  dropout_key = jax.random.split(jax.random.key(config.seed))[1]
   schedule = optim.learning_rate(config.optim, config.train.steps)
 
-  def grads_and_metrics(params, model_state, batch, rng):
+  def grads_and_metrics(params, model_state, batch, rngs):
     def loss_fn(params):
       outputs, new_model_state = s.model.apply(
-          {'params': params, **model_state}, batch['inputs'], train=True,
-          rngs={'dropout': rng}, mutable=list(model_state))
+          {'params': params, **model_state}, **s.task.model_inputs(batch), train=True,
+          rngs=rngs, mutable=list(model_state))
       loss, metrics = s.task.loss(outputs, batch)
       return loss, (metrics, dict(new_model_state))
     grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(params)
@@ -132,8 +147,8 @@ def make_train_step(s: Setup, config, compiler_options=None):
   nan_at_step, skip = config.debug.nan_at_step, config.train.on_nonfinite == 'skip'
 
   def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run continues the same sequence
-    grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rng)
+    rngs = step_rngs(config.seed, state.step)  # a resumed run continues the same sequence
+    grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rngs)
     if nan_at_step > 0:  # debug: that step's loss, and so its gradient, is NaN
       poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)  # steps count from 1 in the logs
       grads = jax.tree.map(lambda g: g * poison, grads)
@@ -164,7 +179,7 @@ def compile_train_step(s: Setup, config):
   the global batch's shapes and shardings, which calls of those shapes reuse. The executable also
   reports XLA's memory and FLOP analysis (--dry_run, MFU). train.cpu_matmul picks the CPU matmuls.
   """
-  example = s.dataset.preprocess(s.dataset.splits['train'].read([0]))
+  example = _example_batch(s.dataset)
   batch_sharding = sharding.batch_sharding(s.mesh)
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
@@ -181,18 +196,18 @@ def _accumulate(grads_and_metrics, steps: int):
 
   Micro-batch i holds rows i, i + steps, ... so each one is spread over every device.
   """
-  def accumulated(params, model_state, batch, rng):
+  def accumulated(params, model_state, batch, rngs):
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def one(carry, inputs):
       grads, metrics, model_state = carry
       i, micro_batch = inputs
-      g, m, model_state = grads_and_metrics(params, model_state, micro_batch, jax.random.fold_in(rng, i))
+      g, m, model_state = grads_and_metrics(params, model_state, micro_batch, fold_rngs(rngs, i))
       return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m), model_state), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda x: x[0], micro)
-    metric_shapes = jax.eval_shape(lambda: grads_and_metrics(params, model_state, first, rng)[1])
+    metric_shapes = jax.eval_shape(lambda: grads_and_metrics(params, model_state, first, rngs)[1])
     init = (zeros, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes), model_state)
     (grads, metrics, model_state), _ = jax.lax.scan(one, init, (jnp.arange(steps), micro))
     return (jax.tree.map(lambda g: g / steps, grads), jax.tree.map(lambda m: m / steps, metrics),
@@ -210,44 +225,20 @@ def _data_parallel(grads_and_metrics, mesh):
   """
   axes = sharding.BATCH_AXES
 
-  def local(params, model_state, batch, rng):
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
-    return jax.lax.pmean(grads_and_metrics(params, model_state, batch, rng), axes)
+  def local(params, model_state, batch, rngs):
+    rngs = fold_rngs(rngs, jax.lax.axis_index(axes))
+    return jax.lax.pmean(grads_and_metrics(params, model_state, batch, rngs), axes)
 
   replicated, split = PartitionSpec(), PartitionSpec(axes)
   return jax.shard_map(local, mesh=mesh, in_specs=(replicated, replicated, split, replicated),
                        out_specs=replicated, check_vma=False)
 
 
-def make_evaluate(s: Setup, config):
-  """Returns evaluate(state, split) -> metrics over every example of the split."""
-  def eval_step(state: TrainState, batch):
-    outputs = s.model.apply({'params': state.params, **state.model_state}, batch['inputs'], train=False)
-    return s.task.eval_sums(outputs, batch)
-
-  eval_step = jax.jit(eval_step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
-                      out_shardings=sharding.replicated(s.mesh))
-
-  def evaluate(state: TrainState, split: str) -> dict:
-    sums = None
-    rows = sharding.host_batch_rows(s.mesh, s.batch_size)
-    for batch in pipeline.eval_batches(s.dataset.splits[split], s.dataset.preprocess, s.batch_size, rows,
-                                       bucket=config.data.get('bucket', 0)):
-      batch_sums = eval_step(state, sharding.shard_batch(batch, s.mesh))
-      if sums is not None:
-        # At most two batches in flight, as in the train loop: multi-process CPU collectives
-        # can deadlock when many steps queue up.
-        jax.block_until_ready(sums)
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return s.task.summarize(jax.device_get(sums))
-  return evaluate
-
-
 def _throughput(s: Setup, config, compiled_step):
   """Returns steps/s -> {'<units>_per_s', 'mfu'} for the train log, and logs the FLOPs behind it."""
   units, per_example = s.task.units
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
-  example_shape = _example_inputs(s.dataset).shape[1:]
+  example_shape = _example_batch(s.dataset)['inputs'].shape[1:]
   xla = flops.xla_flops(compiled_step)
   per_example_flops = models.flops_per_example(config.model, num_params, example_shape)
   model = per_example_flops * s.batch_size if per_example_flops else xla
@@ -297,13 +288,6 @@ def _stop_if_nonfinite(pending: list, step: int, baseline: int, last_checkpoint:
                    EXIT_NONFINITE)
 
 
-def _log_per_class(split: str, metrics: dict, class_names) -> None:
-  if 'confusion_matrix' in metrics:  # tasks with classes report one; the LM does not
-    logging.info('%s per class:\n%s\n%s confusion matrix:\n%s', split,
-                 writers.per_class_table(metrics, class_names), split,
-                 writers.confusion_table(metrics['confusion_matrix'], class_names))
-
-
 def _write_run_files(s: Setup, config, workdir: str) -> None:
   """The resolved config, and the tokenizer the run reads text with (kept from its first start)."""
   os.makedirs(workdir, exist_ok=True)
@@ -336,21 +320,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info('Resumed from step %d in %s.', step, workdir)
       _write_run_files(s, config, workdir)  # only now: a restore that fails leaves the workdir as it was
       writer = writers.MetricWriter(workdir, resume_step=step, class_names=s.dataset.class_names)
-      evaluate = make_evaluate(s, config)
+      evaluate_split = evaluate.make_evaluate(s, config)
       # The data resumes from the step: batch i is a function of i alone, on any number of hosts.
       train_iter = pipeline.train_iterator(
           s.dataset.splits['train'], s.dataset.preprocess, s.batch_size, config.seed,
           sharding.host_batch_rows(s.mesh, s.batch_size), bucket=config.data.get('bucket', 0), start=step)
       state, eval_metrics = _train_loop(s, config, state, step, train_iter=train_iter, mngr=mngr,
-                                        writer=writer, evaluate=evaluate)
+                                        writer=writer, evaluate=evaluate_split)
     finally:  # also when stopped: a checkpoint being written completes
       mngr.wait_until_finished()
       mngr.close()
-    test_metrics = evaluate(state, 'test')
+    test_metrics = evaluate_split(state, 'test')
     writer.write(config.train.steps, 'test', test_metrics)
     logging.info('test at step %d: %s', config.train.steps, writers.format_metrics(test_metrics))
-    _log_per_class('eval', eval_metrics, s.dataset.class_names)
-    _log_per_class('test', test_metrics, s.dataset.class_names)
+    evaluate.log_per_class('eval', eval_metrics, s.dataset.class_names)
+    evaluate.log_per_class('test', test_metrics, s.dataset.class_names)
     writer.close()
   return test_metrics
 
@@ -366,7 +350,7 @@ def _train_loop(s: Setup, config, state: TrainState, step: int, *, train_iter, m
   stop_on_nonfinite = tc.on_nonfinite == 'stop'
   last_checkpoint, nonfinite_before = step, int(state.nonfinite_steps)
   eval_metrics = {}
-  full = _example_inputs(s.dataset)
+  full = _example_batch(s.dataset)['inputs']
   # (metrics on device, batch length / full length) of each step, fetched once per log interval
   # (no per-step host sync). Bucketing cuts batches short: MFU counts the FLOPs actually run.
   pending = []
@@ -430,11 +414,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   s = setup(config, workdir)
   with sharding.active(s.mesh, s.rules):
     state, step = restore_newest(s, config, workdir)
-    evaluate = make_evaluate(s, config)
+    evaluate_split = evaluate.make_evaluate(s, config)
     results = {}
     for split in ('eval', 'test'):
-      results[split] = evaluate(state, split)
+      results[split] = evaluate_split(state, split)
       scalars = {k: v for k, v in results[split].items() if np.ndim(v) == 0}
       print(json.dumps({'step': step, 'split': split, **scalars}), flush=True)
-      _log_per_class(split, results[split], s.dataset.class_names)
+      evaluate.log_per_class(split, results[split], s.dataset.class_names)
   return results

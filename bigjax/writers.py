@@ -1,8 +1,8 @@
 """Where metrics go: metrics.jsonl, TensorBoard (tensorboardX), and a console progress line.
 
 Only process 0 writes. Scalars go to metrics.jsonl and TensorBoard; arrays
-(per-class figures, confusion matrices) go to details.jsonl, and to TensorBoard as
-one scalar per class (`eval/per_class_f1/<class>`) and a table (TEXT tab). The .jsonl files
+(per-class figures, confusion matrices, generated examples) go to details.jsonl, and to
+TensorBoard as one scalar per class (`eval/per_class_f1/<class>`) and text (TEXT tab). The .jsonl files
 are strict JSON: a NaN or infinite value is written as null.
 """
 
@@ -87,6 +87,8 @@ class MetricWriter:
           self.tensorboard.add_scalar(f'{split}/{k}/{name}', value, step)
       elif k == 'confusion_matrix':  # markdown: TensorBoard's text tab draws it as a table
         self.tensorboard.add_text(f'{split}/{k}', confusion_table(v, names, markdown=True), step)
+      elif k == 'examples':  # generated text: source, reference and output, one block each
+        self.tensorboard.add_text(f'{split}/{k}', examples_markdown(v), step)
       else:
         self.tensorboard.add_text(f'{split}/{k}', json.dumps(v), step)
 
@@ -129,6 +131,10 @@ def confusion_table(counts, names=(), markdown: bool = False) -> str:
   rows = [f'{name:<{label_width}}  ' + ' '.join(f'{c:>{width}}' for c in row)
           for name, row in zip(names, counts)]
   return '\n'.join([header, *rows, '(rows: label; columns: predicted class, by row number from 0)'])
+
+
+def examples_markdown(examples: list[dict]) -> str:
+  return '\n\n---\n\n'.join('\n\n'.join(f'**{k}**: {v}' for k, v in example.items()) for example in examples)
 
 
 def format_metrics(metrics: dict) -> str:

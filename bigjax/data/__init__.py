@@ -12,6 +12,7 @@ runs in the same workdir read text exactly as training did.
   windows of seq_len + 1 tokens; a batch is {'inputs': window[:-1], 'targets': window[1:]}.
 - Text classification: each text truncated to its first seq_len tokens and padded
   with the pad id; a batch is {'inputs': (B, seq_len) ids, 'label': (B,)}.
+- Text pairs (a `target_feature`: translation, summarization): see bigjax/data/pairs.py.
 """
 
 import os
@@ -26,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from bigjax import files
 from bigjax.config import ConfigError, check, check_choice
-from bigjax.data import digits, pipeline, python_stdlib, stdlib_snippets, tokenizers
+from bigjax.data import debian, digits, pairs, pipeline, python_stdlib, stdlib_snippets, tokenizers
 
 
 def images_to_inputs(batch: dict) -> dict:
@@ -43,6 +44,8 @@ class DatasetSpec(NamedTuple):
   builder: type | None = None  # offline: a TFDS builder prepared on first use
   text_feature: str | None = None  # text: tokenized (for language modelling, packed)
   label_feature: str | None = None  # text classification: the class of each text
+  target_feature: str | None = None  # text pairs: the target text (text_feature is the source)
+  builder_config: str | None = None  # offline builders with several configs (language pairs)
 
 
 _SPLITS = {'train': 'train', 'eval': 'validation', 'test': 'test'}  # ours -> TFDS's
@@ -64,6 +67,20 @@ DATASETS = {
     'tiny_shakespeare': DatasetSpec('tiny_shakespeare', _SPLITS, None, None, text_feature='text'),
     'lm1b': DatasetSpec('lm1b', {'train': 'train', 'eval': 'test[:50%]', 'test': 'test[50%:]'},
                         None, None, text_feature='text'),
+    # Text pairs: source -> target.
+    'wmt14_en_de': DatasetSpec('wmt14_translate/de-en', _SPLITS, None, None, text_feature='en',
+                               target_feature='de'),
+    'wmt_t2t_en_de': DatasetSpec('wmt_t2t_translate/de-en', _SPLITS, None, None, text_feature='en',
+                                 target_feature='de'),
+    'cnn_dailymail': DatasetSpec('cnn_dailymail', _SPLITS, None, None, text_feature='article',
+                                 target_feature='highlights'),
+    'xsum': DatasetSpec('xsum', _SPLITS, None, None, text_feature='document', target_feature='summary'),
+    'debian_en_de': DatasetSpec('debian_translate/en-de', _SPLITS, None, None, builder=debian.DebianTranslate,
+                                text_feature='source', target_feature='target', builder_config='en-de'),
+    'debian_en_fr': DatasetSpec('debian_translate/en-fr', _SPLITS, None, None, builder=debian.DebianTranslate,
+                                text_feature='source', target_feature='target', builder_config='en-fr'),
+    'debian_summaries': DatasetSpec('debian_summarize', _SPLITS, None, None, builder=debian.DebianSummarize,
+                                    text_feature='description', target_feature='synopsis'),
 }
 
 
@@ -80,8 +97,11 @@ def _data_dir_for_humans(data_dir) -> str:
   return str(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
 
 
-def _prepare_offline(spec: DatasetSpec, data_dir) -> None:
-  builder = spec.builder(data_dir=data_dir, file_format='array_record')
+def _prepare_offline(spec: DatasetSpec, data_config) -> None:
+  kwargs = {'config': spec.builder_config} if spec.builder_config else {}
+  if data_config.get('source_dir'):  # builders that read files the user already has
+    kwargs['source_dir'] = data_config.source_dir
+  builder = spec.builder(data_dir=data_config.data_dir, file_format='array_record', **kwargs)
   if not builder.is_prepared():
     logging.info('Preparing %s into %s (once).', spec.tfds_name, builder.data_dir)
     builder.download_and_prepare()
@@ -93,10 +113,11 @@ def _class_names(source) -> tuple:
   return tuple(names) if names and not all(n.isdigit() for n in names) else ()  # '0'..'9' says nothing
 
 
-def _open_sources(spec: DatasetSpec, data_dir) -> dict:
+def _open_sources(spec: DatasetSpec, data_config) -> dict:
   """split -> tfds data source, preparing an offline dataset first if needed."""
+  data_dir = data_config.data_dir
   if spec.builder is not None:
-    _prepare_offline(spec, data_dir)
+    _prepare_offline(spec, data_config)
   sources = {}
   for split, tfds_split in spec.splits.items():
     try:
@@ -154,7 +175,7 @@ def _check_same_tokenizer(tokenizer) -> None:
 
 def _load(data_config, tokenizer_path: str | None) -> Dataset:
   spec = DATASETS[data_config.name]
-  sources = _open_sources(spec, data_config.data_dir)
+  sources = _open_sources(spec, data_config)
   if spec.text_feature:
     return _load_text(spec, data_config, sources, tokenizer_path)
   splits = {split: pipeline.Split(source, data_config.in_memory) for split, source in sources.items()}
@@ -174,8 +195,15 @@ def _texts(source, feature):
 def labelled_texts(data_config) -> dict:
   """split -> (texts, labels) of a text classification dataset, as stored: for baselines."""
   spec = DATASETS[data_config.name]
-  sources = _open_sources(spec, data_config.data_dir)
+  sources = _open_sources(spec, data_config)
   return {split: _read_labelled(source, spec) for split, source in sources.items()}
+
+
+def pair_texts(data_config, tokenizer_path: str | None = None) -> dict:
+  """split -> (sources, references) of a text pair dataset, as the trainer scores them: the texts
+  of the tokenized, truncated splits (for baselines that must be judged on the same references)."""
+  dataset = load(data_config, tokenizer_path)
+  return {split: pairs.texts(dataset.tokenizer, s) for split, s in dataset.splits.items()}
 
 
 def _read_labelled(source, spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
@@ -233,8 +261,8 @@ def check_config(data_config) -> None:
   bucketing needs padded texts (text classification)."""
   spec = DATASETS[data_config.name]
   bucket = data_config.get('bucket', 0)
-  check(bucket == 0 or (bucket > 0 and spec.label_feature), 'data.bucket', bucket,
-        'use 0 (off), or a width > 0 on a text classification dataset')
+  check(bucket == 0 or (bucket > 0 and (spec.label_feature or spec.target_feature)), 'data.bucket', bucket,
+        'use 0 (off), or a width > 0 on a text classification or text pair dataset')
   if not spec.text_feature:
     return
   for field in ('tokenizer', 'seq_len'):
@@ -243,6 +271,11 @@ def check_config(data_config) -> None:
                         f'data.tokenizer and data.seq_len')
   check_choice(data_config, 'data', 'tokenizer', tokenizers.KINDS)
   check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a length > 0')
+  if spec.target_feature:
+    if 'target_len' not in data_config:
+      raise ConfigError(f'config.data.target_len is missing: text pairs {data_config.name!r} need a target '
+                        f'length (and data.seq_len for the source)')
+    check(data_config.target_len > 1, 'data.target_len', data_config.target_len, 'use a length > 1 (EOS too)')
   if data_config.tokenizer != 'byte':
     vocab_size = data_config.get('vocab_size', 0)
     check(vocab_size > 3, 'data.vocab_size', vocab_size, f'use a {data_config.tokenizer} vocabulary size > 3')
@@ -255,8 +288,9 @@ def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_
       raise ConfigError(f'config.data.tokenizer={data_config.tokenizer!r} is invalid: this workdir\'s run '
                         f'uses a {tokenizer.kind!r} tokenizer ({saved_path}); use a new --workdir')
     return tokenizer
+  features = [f for f in (spec.text_feature, spec.target_feature) if f]  # a pair: both sides
   return tokenizers.get_or_train(data_config.tokenizer, data_config.get('vocab_size', 0), cache,
-                                 lambda: _texts(sources['train'], spec.text_feature))
+                                 lambda: (t for f in features for t in _texts(sources['train'], f)))
 
 
 def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: str | None) -> Dataset:
@@ -267,8 +301,16 @@ def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: st
   os.makedirs(cache, exist_ok=True)
   tokenizer = _tokenizer(spec, data_config, sources, cache, tokenizer_path)
   splits = {}
+  pair_lengths = dict(source_len=seq_len, target_len=data_config.get('target_len', 0),
+                      dtype=_id_dtype(tokenizer))
   for split, source in sources.items():
     name = f'{tokenizers.fingerprint(tokenizer)}_{spec.splits[split]}_{len(source)}'
+    if spec.target_feature:
+      splits[split] = pipeline.Split(arrays=_cached(
+          os.path.join(cache, f'{name}_{seq_len}_{data_config.target_len}.npz'),
+          lambda source=source: pairs.encode(tokenizer, list(_texts(source, spec.text_feature)),
+                                             list(_texts(source, spec.target_feature)), **pair_lengths)))
+      continue
     if spec.label_feature:
       arrays = _cached(os.path.join(cache, f'{name}_{seq_len}.npz'),
                        lambda source=source: _labelled_texts(source, spec, tokenizer, seq_len))
@@ -285,6 +327,8 @@ def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: st
   if spec.label_feature:
     return Dataset(data_config.name, spec.num_classes, splits, labelled_text_batch, tokenizer,
                    _class_names(sources['train']))
+  if spec.target_feature:
+    return Dataset(data_config.name, tokenizer.vocab_size, splits, pairs.pair_batch, tokenizer)
   return Dataset(data_config.name, tokenizer.vocab_size, splits, next_token_batch, tokenizer)
 
 

@@ -12,9 +12,10 @@ Eval: every example exactly once, padded to whole batches; padding rows carry
 mask 0 so they count for nothing.
 
 Bucketing (`bucket` > 0, splits with 'tokens' padded at the end and each row's
-'length'): a batch's tokens are cut to the multiple of `bucket` that holds its
-longest row, and rows of similar length are batched together, so short texts do
-not pay for long ones. Train batches are formed from windows of `_WINDOW` batches
+'length', or a pair's 'source' and 'target' with theirs): a batch's tokens are cut
+to the multiple of `bucket` that holds its longest row, and rows of similar length
+(a pair's: the longer of the two) are batched together, so short texts do not pay
+for long ones. Train batches are formed from windows of `_WINDOW` batches
 of shuffled rows, sorted by length, and then the batches of the epoch are
 shuffled; the remainder of an epoch that does not fill a batch is left out of it.
 Eval reads rows in order of length. Rows are padded with the pad id at the end,
@@ -44,6 +45,14 @@ class Split:
 
   def __len__(self) -> int:
     return len(self.source) if self.arrays is None else len(next(iter(self.arrays.values())))
+
+  def take(self, n: int) -> 'Split':
+    """The first n examples (all if n is 0 or more than there are)."""
+    if not n or n >= len(self):
+      return self
+    if self.arrays is not None:
+      return Split(arrays={k: v[:n] for k, v in self.arrays.items()})
+    return Split(arrays=self.read(np.arange(n)))
 
   def read(self, indices) -> dict:
     indices = np.asarray(indices)
@@ -90,18 +99,36 @@ class _EpochOrder:
     return np.array([self.cache[e][p] for e, p in zip(epochs, positions % self.epoch_size)])
 
 
-def _cut(batch: dict, global_lengths: np.ndarray, bucket: int) -> dict:
-  """The batch's tokens cut to the multiple of `bucket` that holds the global batch's longest row."""
-  width = min(batch['tokens'].shape[1], -(-max(int(global_lengths.max()), 1) // bucket) * bucket)
-  return {**batch, 'tokens': batch['tokens'][:, :width]}
+# Padded token arrays a split may hold, and the array of each row's length beside them.
+PADDED = {'tokens': 'length', 'source': 'source_length', 'target': 'target_length'}
 
 
-def _lengths(split: Split, bucket: int):
+def _cut(batch: dict, global_lengths: dict, bucket: int) -> dict:
+  """Each padded array cut to the multiple of `bucket` that holds the global batch's longest row."""
+  cut = dict(batch)
+  for key, lengths in global_lengths.items():
+    width = min(batch[key].shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)
+    cut[key] = batch[key][:, :width]
+  return cut
+
+
+def _lengths(split: Split, bucket: int) -> dict | None:
+  """{padded array: each row's length, at most its width} when bucketing."""
   if not bucket:
     return None
-  if split.arrays is None or 'length' not in split.arrays:
-    raise ValueError('bucketing needs a split of padded tokens with their lengths (text classification)')
-  return np.minimum(split.arrays['length'], split.arrays['tokens'].shape[1])
+  present = {k: v for k, v in PADDED.items() if split.arrays is not None and k in split.arrays}
+  if not present or any(v not in split.arrays for v in present.values()):
+    raise ValueError('bucketing needs a split of padded tokens with their lengths (text datasets)')
+  return {k: np.minimum(split.arrays[v], split.arrays[k].shape[1]) for k, v in present.items()}
+
+
+def _sort_key(lengths: dict | None):
+  """Rows are bucketed by their longest padded array (a pair: the longer of source and target)."""
+  return None if lengths is None else np.max(np.stack(list(lengths.values())), axis=0)
+
+
+def _rows(lengths: dict, indices) -> dict:
+  return {k: v[indices] for k, v in lengths.items()}
 
 
 def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None, *, bucket: int = 0,
@@ -113,13 +140,13 @@ def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=No
   same as on one host (sharding.host_batch_rows). `bucket`: see the module's doc.
   """
   lengths = _lengths(split, bucket)
-  order = _EpochOrder(len(split), seed, lengths, batch_size)
+  order = _EpochOrder(len(split), seed, _sort_key(lengths), batch_size)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
 
   def load(step: int) -> dict:
     batch = split.read(order(step * batch_size + rows))
     if bucket:  # every host cuts to the same width: the whole global batch's longest row
-      batch = _cut(batch, lengths[order(step * batch_size + np.arange(batch_size))], bucket)
+      batch = _cut(batch, _rows(lengths, order(step * batch_size + np.arange(batch_size))), bucket)
     return preprocess(batch)
 
   ds = grain.MapDataset.range(start, 2**62).map(load)  # element i is batch i: a slice of forever
@@ -135,11 +162,11 @@ def eval_batches(split: Split, preprocess, batch_size: int, rows=None, *, bucket
   """
   n = len(split)
   lengths = _lengths(split, bucket)
-  order = np.arange(n) if lengths is None else np.argsort(lengths, kind='stable')
+  order = np.arange(n) if lengths is None else np.argsort(_sort_key(lengths), kind='stable')
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   for start in range(0, n, batch_size):
     positions = start + rows
     batch = split.read(order[np.minimum(positions, n - 1)])
     if bucket:
-      batch = _cut(batch, lengths[order[start:start + batch_size]], bucket)
+      batch = _cut(batch, _rows(lengths, order[start:start + batch_size]), bucket)
     yield {**preprocess(batch), 'mask': (positions < n).astype(np.int32)}

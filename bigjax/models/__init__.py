@@ -16,6 +16,7 @@ from bigjax.models.cnn import LeNet, ResNet
 from bigjax.models.layers import ACTIVATIONS, POOLINGS
 from bigjax.models.lstm import LSTMClassifier
 from bigjax.models.mlp import MLP
+from bigjax.models.seq2seq import TransformerSeq2Seq
 from bigjax.models.transformer import (
   MLPS,
   NORMS,
@@ -32,6 +33,7 @@ MODELS = {
     'transformer_lm': TransformerLM,
     'lstm_classifier': LSTMClassifier,
     'transformer_classifier': TransformerClassifier,
+    'transformer_seq2seq': TransformerSeq2Seq,
 }
 DTYPES = ('auto', 'float32', 'bfloat16')  # auto: bfloat16 on TPU and GPU, float32 on CPU
 

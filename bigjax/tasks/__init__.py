@@ -1,18 +1,29 @@
-"""Tasks: what a batch means. A task turns model outputs and a batch into a loss and metrics.
+"""Tasks: what a batch means. A task is a few pure functions; the trainer calls only them, so it
+never branches on the task.
 
-The trainer calls only these three functions, so it never branches on the task:
+  model_inputs(batch) -> keyword arguments of the model's __call__ (besides `train`): by default
+    {'inputs': batch['inputs']}; an encoder-decoder takes source and decoder tokens.
   loss(outputs, batch) -> (scalar loss, {name: scalar}) for the train step;
   eval_sums(outputs, batch) -> {name: array} summed over every eval batch
     (padding rows carry mask 0 and count for nothing);
   summarize(sums) -> {name: float or array} on the host, once per split.
-and says what its throughput counts: `units` = (name, per example), e.g.
-('tokens', 256) for a language model, so the log shows tokens/s.
+  units = (name, per example) that the throughput counts, e.g. ('tokens', 256).
+
+Tasks that must generate to be judged (translation, summarization, speech) add two more:
+  generate(model, variables, batch) -> (B, L) int32 ids, traced inside one jitted eval step;
+  score(batches, outputs) -> ({name: float}, [{'source', 'reference', 'output'}, ...]): on the host,
+    over the first task.eval_generate_examples examples of the split (0: all), corpus-level metrics
+    (BLEU, ROUGE, WER) from library scorers, and a few examples for the logs.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bigjax.tasks import classification, lm
+from bigjax.tasks import classification, lm, seq2seq
+
+
+def inputs_only(batch: dict) -> dict:
+  return {'inputs': batch['inputs']}
 
 
 class Task(NamedTuple):
@@ -20,14 +31,19 @@ class Task(NamedTuple):
   eval_sums: Callable
   summarize: Callable
   units: tuple = ('examples', 1)
+  model_inputs: Callable = inputs_only
+  generate: Callable | None = None
+  score: Callable | None = None
 
 
-# name -> module with check_config(task_config) and make(task_config, dataset) -> Task
+# name -> module with check_config(task_config) and make(task_config, dataset) -> Task's fields
 TASKS = {
     'classification': classification,
     'lm': lm,
+    'seq2seq': seq2seq,
 }
 
 
 def build(task_config, dataset) -> Task:
-  return Task(*TASKS[task_config.name].make(task_config, dataset))
+  made = TASKS[task_config.name].make(task_config, dataset)
+  return made if isinstance(made, Task) else Task(*made)
