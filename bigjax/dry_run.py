@@ -1,8 +1,10 @@
 """`--dry_run`: compile the train step for the configured mesh, and report memory and FLOPs.
 
 Nothing is trained or allocated beyond compilation: the state and batch are
-abstract (shapes, dtypes and shardings). Run it with simulated devices to
-learn whether a config fits before getting the hardware:
+abstract (shapes, dtypes and shardings). A text dataset that is not prepared here
+is replaced by a placeholder of the configured shapes and vocabulary, since
+compiling needs no text. Run it with simulated devices to learn whether a config
+fits before getting the hardware:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bigjax.main \
       --config=experiments/digits_mlp.py --config.mesh.fsdp=8 --config.mesh.data=1 --dry_run
@@ -11,8 +13,10 @@ learn whether a config fits before getting the hardware:
 import math
 
 import jax
+from absl import logging
 
-from bigjax import flops, sharding, train
+from bigjax import data, flops, sharding, train
+from bigjax.config import ConfigError
 
 
 def _per_device_bytes(abstract_tree) -> int:
@@ -21,8 +25,19 @@ def _per_device_bytes(abstract_tree) -> int:
              for x in jax.tree.leaves(abstract_tree))
 
 
+def _dataset(config) -> data.Dataset:
+  try:
+    return data.load(config.data)
+  except ConfigError as e:
+    if not data.DATASETS[config.data.name].text_feature:
+      raise
+    logging.warning('%s; compiling with a placeholder of the configured shapes instead.',
+                    str(e).split(':')[0])
+    return data.placeholder(config.data, rows=max(config.train.batch_size, 1))
+
+
 def report(config) -> dict:
-  s = train.setup(config)
+  s = train.setup(config, dataset=_dataset(config))
   with sharding.active(s.mesh, s.rules):
     _, compiled = train.compile_train_step(s, config)
   memory = compiled.memory_analysis()

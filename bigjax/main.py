@@ -1,7 +1,7 @@
 """bigjax's entry point.
 
   python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
-      [--workdir=runs/digits] [--mode=train|eval|sample|predict] [--dry_run]
+      [--workdir=runs/digits] [--mode=train|eval|sample|predict|generate] [--dry_run]
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Bad input (an unknown field, a wrong type, a missing config file, an invalid
@@ -24,11 +24,13 @@ from bigjax.config import ConfigError, RunStopped, fail, validate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'sample', 'predict'],
+    'mode', 'train', ['train', 'eval', 'sample', 'predict', 'generate'],
     'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test) | '
-    'sample (a language model continues --prompt) | predict (a text classifier labels each --text).')
+    'sample (a language model continues --prompt) | predict (a text classifier labels each --text) | '
+    'generate (a translation or summarization model decodes each --text).')
 _PROMPT = flags.DEFINE_string('prompt', '', '--mode=sample: the text to continue.')
-_TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict: a text to classify (repeat for more).')
+_TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict|generate: a text to classify, translate or '
+                                  'summarize (repeat for more).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 3, '--mode=sample: continuations to print.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, '--mode=sample: tokens per continuation.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '--mode=sample: 0 is greedy.')
@@ -173,6 +175,12 @@ def run_mode(config, workdir: str) -> None:
     from bigjax import predict
     for line in predict.predict_checkpoint(config, workdir, _TEXT.value):
       print(json.dumps(line), flush=True)
+  elif _MODE.value == 'generate':
+    if not _TEXT.value:
+      raise ConfigError('--mode=generate needs at least one --text="..." to translate or summarize')
+    from bigjax import predict
+    for line in predict.generate_checkpoint(config, workdir, _TEXT.value):
+      print(json.dumps(line, ensure_ascii=False), flush=True)
   else:
     train.evaluate_checkpoint(config, workdir)
 

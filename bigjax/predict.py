@@ -1,18 +1,22 @@
-"""Class predictions for new text from a trained text classifier (--mode=predict).
+"""New text through a trained model: class predictions from a text classifier (--mode=predict),
+and outputs from a sequence-to-sequence model (--mode=generate).
 
   python -m bigjax.main --config=experiments/imdb_lstm.py:offline --mode=predict \
       --text="async def main(): await asyncio.sleep(1)"
+  python -m bigjax.main --config=experiments/translate.py:offline --mode=generate \
+      --text="This package contains the documentation."
 
 The text is read exactly as in training: the run's saved tokenizer, truncated to
-data.seq_len and padded. Prints one JSON line per text: the predicted class and
-every class's probability.
+data.seq_len and padded. Prints one JSON line per text: the predicted class and every
+class's probability, or the source and its output.
 """
 
 import jax
 import numpy as np
 
-from bigjax import data, sharding, train
+from bigjax import data, evaluate, sharding, train
 from bigjax.config import ConfigError
+from bigjax.data import pairs
 
 
 def predict_checkpoint(config, workdir: str, texts: list[str]) -> list[dict]:
@@ -29,3 +33,21 @@ def predict_checkpoint(config, workdir: str, texts: list[str]) -> list[dict]:
   return [{'text': text, 'label': names[int(p.argmax())],
            'probabilities': {name: round(float(q), 4) for name, q in zip(names, p)}}
           for text, p in zip(texts, probabilities)]
+
+
+def generate_checkpoint(config, workdir: str, texts: list[str]) -> list[dict]:
+  """Each text's output (a translation, a summary), decoded as at eval: the task's beam search."""
+  if not data.DATASETS[config.data.name].target_feature:
+    raise ConfigError(f'--mode=generate needs a sequence-to-sequence config: data.name={config.data.name!r} '
+                      f'is not text pairs (for a language model use --mode=sample)')
+  s = train.setup(config, workdir)
+  tokenizer = s.dataset.tokenizer
+  with sharding.active(s.mesh, s.rules):
+    state, _ = train.restore_newest(s, config, workdir)
+    source = data.encode_texts(tokenizer, texts, config.data.seq_len)[0].astype(np.int32)
+    # The targets' width is the longest output: data.target_len, as in training.
+    batch = {'inputs': source, 'targets': np.zeros((len(texts), config.data.target_len), np.int32)}
+    ids = jax.jit(lambda variables, batch: s.task.generate(s.model, variables, batch))(
+        evaluate.variables(state), batch)
+  return [{'source': text, 'output': pairs.text_of(tokenizer, row)}
+          for text, row in zip(texts, np.asarray(ids))]

@@ -73,14 +73,15 @@ def tokenizer_path(workdir: str | None) -> str | None:
   return os.path.join(workdir, 'tokenizer') if workdir else None
 
 
-def setup(config, workdir: str | None = None) -> Setup:
+def setup(config, workdir: str | None = None, dataset: data.Dataset | None = None) -> Setup:
   """Checks the config against the devices and data, and builds (but does not run) init.
 
   Raises ConfigError for anything that cannot work, before any compile and
   before anything is written. A text dataset uses the tokenizer saved in workdir, if any.
+  `dataset`: one already loaded (or a placeholder of its shapes, for --dry_run).
   """
   mesh = sharding.make_mesh(config.mesh)
-  dataset = data.load(config.data, tokenizer_path(workdir))
+  dataset = dataset or data.load(config.data, tokenizer_path(workdir))
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
     batch_size = len(dataset.splits['train'])

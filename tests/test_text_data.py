@@ -224,7 +224,7 @@ def test_offline_classifier_trains_logs_per_class_and_predicts(offline_runs, dat
 
 def _eval_path_probabilities(config, workdir, rows) -> np.ndarray:
   """Class probabilities of the test split's `rows`, in that order, from the newest checkpoint,
-  read by pipeline.eval_batches and applied as train.make_evaluate's eval step applies the model."""
+  read by pipeline.eval_batches and applied as evaluate.make_evaluate's eval step applies the model."""
   s = train.setup(config, str(workdir))
   test = s.dataset.splits['test']
   subset = pipeline.Split(arrays={**{k: v[rows] for k, v in test.arrays.items()},

@@ -161,6 +161,43 @@ def load(data_config, tokenizer_path: str | None = None) -> Dataset:
   return dataset
 
 
+class _PlaceholderTokenizer(NamedTuple):
+  vocab_size: int
+  kind: str = 'placeholder'
+  pad_id: int = tokenizers.PAD
+  bos_id: int = tokenizers.BOS
+  eos_id: int = tokenizers.EOS
+
+  @property
+  def token_bytes(self) -> np.ndarray:
+    return np.ones(self.vocab_size, np.int32)
+
+
+def placeholder(data_config, rows: int = 1) -> Dataset:
+  """A text dataset with the configured shapes and vocabulary but `rows` all-padding examples per
+  split, for --dry_run on a machine without the data (compiling needs shapes, not text)."""
+  spec = DATASETS[data_config.name]
+  check_config(data_config)
+  if not spec.text_feature or data_config.tokenizer == 'word':
+    raise ConfigError(f'--dry_run without the data needs a text dataset with a sentencepiece or byte '
+                      f'tokenizer: prepare {spec.tfds_name!r} first')
+  tokenizer = (tokenizers.ByteTokenizer() if data_config.tokenizer == 'byte'
+               else _PlaceholderTokenizer(data_config.vocab_size))
+  seq_len, ones = data_config.seq_len, np.ones(rows, np.int32)
+  if spec.target_feature:
+    arrays = {'source': np.zeros((rows, seq_len), np.int32), 'source_length': ones,
+              'target': np.zeros((rows, data_config.target_len), np.int32), 'target_length': ones}
+    preprocess, classes = pairs.pair_batch, tokenizer.vocab_size
+  elif spec.label_feature:
+    arrays = {'tokens': np.zeros((rows, seq_len), np.int32), 'label': ones * 0, 'length': ones}
+    preprocess, classes = labelled_text_batch, spec.num_classes
+  else:
+    arrays = {'tokens': np.zeros((rows, seq_len + 1), np.int32)}
+    preprocess, classes = next_token_batch, tokenizer.vocab_size
+  splits = {split: pipeline.Split(arrays=arrays) for split in spec.splits}
+  return Dataset(data_config.name, classes, splits, preprocess, tokenizer)
+
+
 def _check_same_tokenizer(tokenizer) -> None:
   """ConfigError on a host whose tokenizer is not process 0's (hosts that do not share a data
   dir may train different ones): its token ids would mean other words."""

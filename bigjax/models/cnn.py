@@ -16,8 +16,8 @@ class LeNet(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    act = ACTIVATIONS[self.activation]
+  def __call__(self, inputs, train: bool = False):
+    act, x = ACTIVATIONS[self.activation], inputs
     for i, f in enumerate(self.features):
       x = act(conv(f, 3, name=f'conv_{i}')(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
@@ -51,8 +51,8 @@ class ResNet(nn.Module):
   width: int = 32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = conv(self.width, 3, use_bias=False, name='stem')(x)
+  def __call__(self, inputs, train: bool = False):
+    x = conv(self.width, 3, use_bias=False, name='stem')(inputs)
     x = nn.relu(batch_norm(train, name='bn_stem')(x))
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):

@@ -164,7 +164,8 @@ class LSTMClassifier(nn.Module):
   cpu_kernel: bool = True  # on CPU, the LSTM recurrence in C++ (bigjax.cpu.lstm); False: XLA's scan
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, inputs, train: bool = False):
+    tokens = inputs  # (B, T) ids
     # Time-major from the lookup on, as the LSTM runs: gathering the embeddings in that order spares
     # a transpose of them and of their gradient.
     valid = (tokens != self.pad_id).T

@@ -13,8 +13,8 @@ class MLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = x.reshape(x.shape[0], -1)  # images and vectors alike
+  def __call__(self, inputs, train: bool = False):
+    x = inputs.reshape(inputs.shape[0], -1)  # images and vectors alike
     act = ACTIVATIONS[self.activation]
     # Alternate (embed -> mlp), (mlp -> embed) so tensor parallelism splits
     # every other layer's output and the next layer's input, as in a Transformer MLP.

@@ -210,7 +210,8 @@ class TransformerLM(nn.Module):
   remat: str = 'none'  # a REMAT_POLICIES key
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False, positions=None, valid=None, decode: bool = False):
+  def __call__(self, inputs, train: bool = False, positions=None, valid=None, decode: bool = False):
+    tokens = inputs  # (B, T) ids
     dtype = jnp.dtype(self.dtype)
     if valid is None:
       valid = jnp.ones(tokens.shape, bool)
@@ -274,8 +275,8 @@ class TransformerClassifier(nn.Module):
   pad_id: int = 0
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
-    dtype = jnp.dtype(self.dtype)
+  def __call__(self, inputs, train: bool = False):
+    dtype, tokens = jnp.dtype(self.dtype), inputs
     valid = tokens != self.pad_id
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     x = nn.Embed(self.vocab_size, self.d_model, dtype=dtype, name='embed',
