@@ -142,14 +142,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   need(isinstance(config.seed, int) and config.seed >= 0, 'seed', 'use an integer >= 0')
   check_choice(config.task, 'task', 'name', tasks.TASKS)
-  tasks.TASKS[config.task.name].check_config(config.task)
-  check_choice(config.model, 'model', 'name', models.MODELS)
-  models.check_config(config.model)
   check_choice(config.data, 'data', 'name', data.DATASETS)
-  data.check_config(config.data)
   pairs = bool(data.DATASETS[config.data.name].target_feature)
   need(pairs == (config.task.name == 'seq2seq'), 'task.name',
        'use seq2seq for a text pair dataset (and a pair dataset for seq2seq)')
+  tasks.TASKS[config.task.name].check_config(config.task)
+  check_choice(config.model, 'model', 'name', models.MODELS)
+  models.check_config(config.model)
+  data.check_config(config.data)
   model_fields = {**models.defaults(config.model.name), **config.model}
   if model_fields.get('positions') == 'learned' and 'seq_len' in config.data:
     check(model_fields['max_length'] >= config.data.seq_len, 'model.max_length', model_fields['max_length'],

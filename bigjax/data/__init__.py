@@ -15,6 +15,7 @@ runs in the same workdir read text exactly as training did.
 - Text pairs (a `target_feature`: translation, summarization): see bigjax/data/pairs.py.
 """
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -46,6 +47,7 @@ class DatasetSpec(NamedTuple):
   label_feature: str | None = None  # text classification: the class of each text
   target_feature: str | None = None  # text pairs: the target text (text_feature is the source)
   builder_config: str | None = None  # offline builders with several configs (language pairs)
+  module: str | None = None  # a TFDS module that registers the builder (not imported by tfds itself)
 
 
 _SPLITS = {'train': 'train', 'eval': 'validation', 'test': 'test'}  # ours -> TFDS's
@@ -69,12 +71,13 @@ DATASETS = {
                         None, None, text_feature='text'),
     # Text pairs: source -> target.
     'wmt14_en_de': DatasetSpec('wmt14_translate/de-en', _SPLITS, None, None, text_feature='en',
-                               target_feature='de'),
+                               target_feature='de', module='tensorflow_datasets.translate.wmt14'),
     'wmt_t2t_en_de': DatasetSpec('wmt_t2t_translate/de-en', _SPLITS, None, None, text_feature='en',
-                                 target_feature='de'),
+                                 target_feature='de', module='tensorflow_datasets.translate.wmt_t2t'),
     'cnn_dailymail': DatasetSpec('cnn_dailymail', _SPLITS, None, None, text_feature='article',
-                                 target_feature='highlights'),
-    'xsum': DatasetSpec('xsum', _SPLITS, None, None, text_feature='document', target_feature='summary'),
+                                 target_feature='highlights', module='tensorflow_datasets.summarization'),
+    'xsum': DatasetSpec('xsum', _SPLITS, None, None, text_feature='document', target_feature='summary',
+                        module='tensorflow_datasets.summarization'),
     'debian_en_de': DatasetSpec('debian_translate/en-de', _SPLITS, None, None, builder=debian.DebianTranslate,
                                 text_feature='source', target_feature='target', builder_config='en-de'),
     'debian_en_fr': DatasetSpec('debian_translate/en-fr', _SPLITS, None, None, builder=debian.DebianTranslate,
@@ -116,6 +119,8 @@ def _class_names(source) -> tuple:
 def _open_sources(spec: DatasetSpec, data_config) -> dict:
   """split -> tfds data source, preparing an offline dataset first if needed."""
   data_dir = data_config.data_dir
+  if spec.module:
+    importlib.import_module(spec.module)
   if spec.builder is not None:
     _prepare_offline(spec, data_config)
   sources = {}
