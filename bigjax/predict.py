@@ -45,8 +45,7 @@ def generate_checkpoint(config, workdir: str, texts: list[str]) -> list[dict]:
   with sharding.active(s.mesh, s.rules):
     state, _ = train.restore_newest(s, config, workdir)
     source = data.encode_texts(tokenizer, texts, config.data.seq_len)[0].astype(np.int32)
-    # The targets' width is the longest output: data.target_len, as in training.
-    batch = {'inputs': source, 'targets': np.zeros((len(texts), config.data.target_len), np.int32)}
+    batch = {'inputs': source}  # the task decodes up to data.target_len tokens
     ids = jax.jit(lambda variables, batch: s.task.generate(s.model, variables, batch))(
         evaluate.variables(state), batch)
   return [{'source': text, 'output': pairs.text_of(tokenizer, row)}

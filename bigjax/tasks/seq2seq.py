@@ -80,11 +80,15 @@ def make(task_config, dataset):
     return {'loss': value, 'perplexity': math.exp(min(value, 50.0)),
             'accuracy': float(sums['correct']) / tokens}
 
+  # The longest output: the configured target length, never the width of a bucketed batch (which
+  # would tell the decoder how long that batch's references are).
+  target_len = dataset.preprocess(dataset.splits['train'].read([0]))['targets'].shape[1]
+
   def generate(model, variables, batch):
     source = batch['inputs']
     # The longest output each source may get: a multiple of its length, plus a few tokens.
     limit = jnp.ceil(task_config.max_length_ratio * (source != pad_id).sum(-1)).astype(jnp.int32) + 10
-    return decode.seq2seq_generate(model, variables, source, max_length=batch['targets'].shape[1],
+    return decode.seq2seq_generate(model, variables, source, max_length=target_len,
                                    beam_size=task_config.beam_size, alpha=task_config.length_penalty,
                                    length_limit=limit, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                                    pad_id=pad_id)
@@ -102,5 +106,5 @@ def make(task_config, dataset):
                 for s, r, o in list(zip(sources, references, texts))[:3]]
     return {**scorer(texts, references), 'generated': len(texts)}, examples
 
-  units = ('target_tokens', dataset.preprocess(dataset.splits['train'].read([0]))['targets'].shape[1])
+  units = ('target_tokens', target_len)
   return loss, eval_sums, summarize, units, model_inputs, generate, score
