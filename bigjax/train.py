@@ -59,9 +59,10 @@ def _example_batch(dataset) -> dict:
 RNG_STREAMS = ('dropout', 'augment')
 
 
-def step_rngs(seed: int, step) -> dict:
+def stream_keys(seed: int) -> dict:
+  """Each stream's key; dropout's is the seed's second key, as it always was."""
   base = jax.random.split(jax.random.key(seed))[1]
-  return {name: jax.random.fold_in(jax.random.fold_in(base, i), step) for i, name in enumerate(RNG_STREAMS)}
+  return {name: jax.random.fold_in(base, i) if i else base for i, name in enumerate(RNG_STREAMS)}
 
 
 def fold_rngs(rngs: dict, data) -> dict:
@@ -128,6 +129,7 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
 
 
 def make_train_step(s: Setup, config, compiler_options=None):
+  keys = stream_keys(config.seed)
   schedule = optim.learning_rate(config.optim, config.train.steps)
 
   def grads_and_metrics(params, model_state, batch, rngs):
@@ -148,7 +150,7 @@ def make_train_step(s: Setup, config, compiler_options=None):
   nan_at_step, skip = config.debug.nan_at_step, config.train.on_nonfinite == 'skip'
 
   def train_step(state: TrainState, batch):
-    rngs = step_rngs(config.seed, state.step)  # a resumed run continues the same sequence
+    rngs = fold_rngs(keys, state.step)  # a resumed run continues the same sequence
     grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rngs)
     if nan_at_step > 0:  # debug: that step's loss, and so its gradient, is NaN
       poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)  # steps count from 1 in the logs
