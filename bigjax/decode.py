@@ -222,9 +222,9 @@ def seq2seq_generate(model, variables, source, *, max_length: int, beam_size: in
   batch, beams = source.shape[0], beam_size
   memory = model.apply(variables, source, method=model.encode)
   # Each example's beams are consecutive rows: the memory's batch axes repeat each row `beams` times.
-  memory = {'key': jnp.repeat(memory['key'], beams, axis=1),
-            'value': jnp.repeat(memory['value'], beams, axis=1),
-            'valid': jnp.repeat(memory['valid'], beams, axis=0)}
+  # (Keys and values carry a leading layer axis.)
+  memory = {name: jnp.repeat(part, beams, axis=1 if name in ('key', 'value') else 0)
+            for name, part in memory.items()}
   rows = batch * beams
   targets = jnp.zeros((rows, max_length), jnp.int32)  # the cache is sized for the longest output
   shapes = jax.eval_shape(

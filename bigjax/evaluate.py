@@ -4,12 +4,16 @@ generates (translation, summarization, speech), its decoding and its host-side s
 The trainer and --mode=eval both call `make_evaluate`; neither asks which task it runs.
 """
 
+import time
+
 import jax
 import jax.numpy as jnp
 from absl import logging
 
 from bigjax import sharding, writers
 from bigjax.data import pipeline
+
+PROGRESS_SECONDS = 30
 
 
 def variables(state) -> dict:
@@ -58,8 +62,14 @@ def make_evaluate(s, config):
   def evaluate(state, split: str) -> dict:
     metrics = summed(state, s.dataset.splits[split])
     limit = 0 if split == 'test' else config.task.get('eval_generate_examples', 0)
-    fetched = [jax.device_get(generate_step(state, batch))
-               for batch in batches(s.dataset.splits[split].take(limit))]
+    chosen = s.dataset.splits[split].take(limit)
+    fetched, done, last_log = [], 0, time.monotonic()
+    for batch in batches(chosen):
+      fetched.append(jax.device_get(generate_step(state, batch)))
+      done += int(fetched[-1][1]['mask'].sum())
+      if time.monotonic() - last_log > PROGRESS_SECONDS:  # decoding a test split takes minutes
+        logging.info('generating on %s: %d/%d examples', split, done, len(chosen))
+        last_log = time.monotonic()
     scores, examples = s.task.score([batch for _, batch in fetched], [ids for ids, _ in fetched])
     for example in examples:
       logging.info('%s example:\n%s', split, '\n'.join(f'  {k}: {v}' for k, v in example.items()))

@@ -74,6 +74,7 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'shared_embedding': True,
       'tied_embedding': True,
       'dropout': 0.1,
+      'copy': True,  # pointer-generator: a summary reuses its source's rare words
       'dtype': 'auto',
       'scan_layers': big,
       'remat': 'dots_no_batch' if big else 'none',
@@ -89,5 +90,6 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
   c.train.batch_size = batch
   c.train.eval_every = 0 if not big else 10_000  # offline: one eval at the end, to fit 20 minutes
   c.train.log_every = 100
+  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls (bigjax/cpu/xla_options.py)
   c.checkpoint.every = 500 if not big else 10_000
   return c

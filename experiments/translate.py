@@ -74,6 +74,7 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'positions': 'rope',
       'shared_embedding': True,
       'tied_embedding': True,
+      'copy': not big,  # pointer-generator: names and terms pass through (not in the WMT literature)
       'dropout': 0.1 if big else 0.0,  # a CPU run sees each pair about three times: no need
       'dtype': 'auto',
       'scan_layers': big,
@@ -90,5 +91,6 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
   c.train.batch_size = batch
   c.train.eval_every = 0 if not big else 10_000  # offline: one eval at the end, to fit 20 minutes
   c.train.log_every = 100
+  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls (bigjax/cpu/xla_options.py)
   c.checkpoint.every = 500 if not big else 10_000
   return c

@@ -5,16 +5,18 @@ fsdp memory of the WMT config by --dry_run."""
 
 import json
 import signal
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import sacrebleu
 import tensorflow_datasets as tfds
 
-from bigjax import data, decode, tasks
+from bigjax import cpu, data, decode, tasks
 from bigjax.config import base_config
 from bigjax.data import pairs, tokenizers
 from bigjax.models.seq2seq import TransformerSeq2Seq
@@ -62,10 +64,11 @@ def _args(lists, data_dir, workdir, *extra):
           '--config.task.eval_generate_examples=8', *extra]
 
 
-@pytest.mark.parametrize('scan', [True, False])
-def test_the_cached_decoder_gives_the_full_forward_pass_logits(scan):
+@pytest.mark.parametrize('scan, copy', [(True, False), (False, True)])
+def test_the_cached_decoder_gives_the_full_forward_pass_logits(scan, copy):
   model = TransformerSeq2Seq(50, num_layers=2, num_decoder_layers=3, d_model=32, num_heads=4, dropout=0.0,
-                             scan_layers=scan, positions='learned' if scan else 'rope', shared_embedding=scan)
+                             scan_layers=scan, positions='learned' if scan else 'rope', shared_embedding=scan,
+                             tied_embedding=not copy, copy=copy)
   source = jnp.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
   targets = jnp.array([[1, 20, 21, 22, 23], [1, 30, 31, 32, 33]])
   variables = nn.meta.unbox(model.init(jax.random.key(0), source, targets))
@@ -195,3 +198,66 @@ def test_dry_run_of_the_wmt_config_shards_params_and_optimizer_over_fsdp():
   replicated = 3 * 4 * report['params']  # float32 params, Adam's two moments
   assert per_device <= replicated / 7, report
   assert 'placeholder' in result.stderr
+
+
+def test_the_copy_head_gives_log_probabilities_that_can_point_at_source_tokens():
+  model = TransformerSeq2Seq(50, num_layers=1, d_model=32, num_heads=4, dropout=0.0, copy=True)
+  source = jnp.array([[45, 46, 47, 0]])
+  targets = jnp.array([[1, 45, 46]])
+  variables = nn.meta.unbox(model.init(jax.random.key(0), source, targets))
+  log_probs = model.apply(variables, source, targets)
+  np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, atol=1e-5)  # a distribution, no softmax needed
+  # A gate shut on the vocabulary: all the mass on the source's tokens, none on its padding's id.
+  variables['params']['copy']['gate_bias'] = jnp.full((1,), -30.0)
+  probs = jnp.exp(model.apply(variables, source, targets))
+  np.testing.assert_allclose(probs[..., 45:48].sum(-1), 1.0, atol=1e-5)
+  assert float(probs[..., 0].max()) < 1e-6
+
+
+@pytest.mark.parametrize('scan', [True, False])
+def test_the_fused_memory_key_value_matmul_computes_the_same_model(scan, monkeypatch):
+  """Every decoder layer's cross-attention keys and values in one matmul (CPU) or a pair per layer
+  (elsewhere): one parameter tree, the same logits and gradients."""
+  model = TransformerSeq2Seq(50, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=4, dropout=0.0,
+                             scan_layers=scan, copy=True)
+  source, targets = jnp.array([[5, 6, 7, 0], [8, 9, 10, 11]]), jnp.array([[1, 20, 21], [1, 30, 31]])
+
+  def run(fused):
+    monkeypatch.setattr(cpu, 'fuse_qkv', lambda: fused)
+    params = nn.meta.unbox(model.init(jax.random.key(0), source, targets))['params']
+    loss = jax.jit(lambda p: jnp.sum(jnp.sin(model.apply({'params': p}, source, targets))))
+    return params, jax.value_and_grad(loss)(params)
+
+  (fused_params, fused), (params, unfused) = run(True), run(False)
+  assert jax.tree.map(jnp.shape, fused_params) == jax.tree.map(jnp.shape, params)
+  for a, b in zip(jax.tree.leaves((fused_params, fused)), jax.tree.leaves((params, unfused))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
+def test_the_loss_from_integer_labels_is_the_smoothed_one_hot_cross_entropy_and_accuracy_argmax():
+  train = types.SimpleNamespace(read=lambda indices: {'targets': np.zeros((1, 8), np.int32)})
+  dataset = types.SimpleNamespace(tokenizer=types.SimpleNamespace(pad_id=0, bos_id=1, eos_id=2),
+                                  preprocess=lambda batch: batch, splits={'train': train})
+  logits = jnp.round(jax.random.normal(jax.random.key(0), (4, 6, 40)) * 2)  # rounded: many tied maxima
+  targets = jax.random.randint(jax.random.key(1), (4, 6), 0, 40).at[0].set(logits[0].argmax(-1))
+  weights = (targets != 0).astype(jnp.float32)
+  for smoothing in (0.0, 0.1):
+    config = base_config().task
+    config.update({'name': 'seq2seq', 'metrics': 'translation', 'label_smoothing': smoothing, 'beam_size': 1,
+                   'length_penalty': 0.0, 'eval_generate_examples': 0, 'max_length_ratio': 1.0})
+    loss = tasks.seq2seq.make(config, dataset)[0]
+    value, metrics = jax.jit(loss)(logits, {'targets': targets})
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, 40), smoothing)
+    want = (optax.softmax_cross_entropy(logits, labels) * weights).sum() / weights.sum()
+    np.testing.assert_allclose(value, want, rtol=1e-6)
+    correct = ((logits.argmax(-1) == targets) * weights).sum() / weights.sum()
+    assert float(metrics['accuracy']) == pytest.approx(float(correct)) and float(correct) > 0
+
+
+def test_argmax_equals_is_argmax_with_ties_on_cpu():
+  from bigjax.cpu.argmax import argmax_equals  # noqa: PLC0415
+  rng = np.random.default_rng(0)
+  logits = rng.integers(-3, 3, (8, 16, 37)).astype(np.float32)  # small integers: many tied maxima
+  labels = rng.integers(0, 37, (8, 16))
+  labels[0] = logits[0].argmax(-1)
+  np.testing.assert_array_equal(jax.jit(argmax_equals)(logits, labels), logits.argmax(-1) == labels)

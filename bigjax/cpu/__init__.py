@@ -43,6 +43,14 @@ fused.py: the Transformer's query/key/value projection as one matmul, for the sa
   the same three arrays either way, so a checkpoint restores on any backend. (SwiGLU's gate and up
   are fused in transformer.py on every backend: that layout keeps the `mlp` axis whole.)
 
+  fused.memory_kv_projection is the same for the encoder-decoder's cross-attention: every decoder
+  layer's keys and values of the encoder output in one matmul (bigjax/models/seq2seq.py, where
+  `fuse_qkv()`), since all of them read the same encoder output.
+
+argmax.py: `argmax_equals`, the accuracy's argmax(logits) == labels without XLA:CPU's slow
+  variadic argmax reduction (the seq2seq task's accuracy over a 4,096-id vocabulary). Applies: on
+  the CPU backend; elsewhere it is the plain argmax. Seam: bigjax/tasks/seq2seq.py calls it.
+
 docs/performance.md has the measurements behind each piece, and the benchmarks that took them.
 """
 

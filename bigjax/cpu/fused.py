@@ -7,6 +7,8 @@ input-gradient dot, and a wider GEMM forward. The parameters stay separate (the 
 unfused layout), so this is a choice of computation only and a checkpoint restores either way.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -24,5 +26,35 @@ def qkv_projection(x, query, key, value):
   # bigjax.models.layers.token_matmul (which this module cannot import: models import it)
   qkv = jax.lax.dot_general(x.reshape(-1, d_model), w, (((1,), (0,)), ((), ())))
   qkv = qkv.reshape(tokens + (kv_heads, group + 2, head_dim))
-  q = qkv[..., :group, :].reshape(tokens + query.shape[1:])
-  return q, qkv[..., group, :], qkv[..., group + 1, :]
+  # lax.split, not three slices: its gradient is one concatenation, where the slices' is three
+  # zero-padded copies of the whole projection summed (XLA:CPU does not fuse them away).
+  q, k, v = jax.lax.split(qkv, (group, 1, 1), axis=-2)
+  return q.reshape(tokens + query.shape[1:]), k[..., 0, :], v[..., 0, :]
+
+
+def memory_kv_projection(x, key, value):
+  """Every decoder layer's cross-attention keys and values of the encoder output x, as one matmul:
+  x (..., D), key and value (L, D, N, H) stacked over the L decoder layers -> keys and values
+  (L, ..., N, H), what L pairs of matmuls x @ key[i], x @ value[i] give.
+
+  All 2 L matmuls read x, so unfused their input gradients are 2 L summed dots (see above).
+  """
+  layers, d_model, heads, head_dim = key.shape
+  tokens = x.shape[:-1]
+  w = jnp.stack([key, value], axis=1)  # (L, 2, D, N, H)
+  w = jnp.moveaxis(w, 2, 0).reshape(d_model, -1)  # (D, L * 2 * N * H)
+  kv = jax.lax.dot_general(x.reshape(-1, d_model), w, (((1,), (0,)), ((), ())))
+  kv = jnp.moveaxis(kv.reshape(-1, layers, 2, heads, head_dim), 1, 0)  # (L, tokens, 2, N, H)
+  kv = kv.reshape((layers,) + tokens + (2, heads, head_dim))
+  key, value = jax.lax.split(kv, (1, 1), axis=-3)  # one concatenation in backward (see above)
+  return key[..., 0, :, :], value[..., 0, :, :]
+
+
+def matmuls(x, *kernels):
+  """(x @ w for w in kernels) as one matmul: x (..., D), each kernel (D, ...) -> (..., kernel.shape[1:]).
+  For the encoder-decoder's output with a copy head: logits, copy queries and gate all read x."""
+  d_model, tokens = x.shape[-1], x.shape[:-1]
+  w = jnp.concatenate([k.reshape(d_model, -1) for k in kernels], axis=1)
+  out = jax.lax.dot_general(x.reshape(-1, d_model), w, (((1,), (0,)), ((), ())))
+  parts = jax.lax.split(out, [math.prod(k.shape[1:]) for k in kernels], axis=1)
+  return tuple(part.reshape(tokens + k.shape[1:]) for part, k in zip(parts, kernels))

@@ -5,6 +5,12 @@ causal blocks with cross-attention to the encoder's output between self-attentio
 Source and target share one vocabulary (one SentencePiece model), and by default one embedding,
 which also produces the output logits.
 
+With copy=True the output is a pointer-generator's (See et al. 2017): a learned gate mixes the
+vocabulary softmax with an attention distribution over the source tokens, so a rare word of the
+source (a package name, a library) can be emitted by pointing at it. The model then returns the
+mixture's log-probabilities, which every consumer of logits (log_softmax, cross-entropy, argmax,
+beam search) treats exactly as logits.
+
 One module, three calls:
   model.apply(v, inputs, targets)                      teacher forcing: logits (B, T, vocab)
   memory = model.apply(v, inputs, method=model.encode) the encoder's output, and every decoder
@@ -16,11 +22,14 @@ One module, three calls:
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from bigjax import cpu
+from bigjax.cpu import fused as cpu_fused
 from bigjax.models.attention import attention
 from bigjax.models.layers import token_matmul
-from bigjax.models.transformer import REMAT_POLICIES, Attention, Block, Mlp, _init, _norm
+from bigjax.models.transformer import REMAT_POLICIES, Attention, Block, Mlp, _init, _Kernel, _norm
 
 
 class CrossAttention(nn.Module):
@@ -43,17 +52,58 @@ class CrossAttention(nn.Module):
 
 class MemoryKV(nn.Module):
   """One decoder layer's cross-attention keys and values of the encoder output: computed once
-  per source, outside the decoder, so that decoding never projects the memory again."""
+  per source, outside the decoder, so that decoding never projects the memory again.
+  project=False: the key and value kernels alone, for every layer's to be computed in one matmul
+  (cpu.fuse_qkv(): bigjax/cpu/fused.py); the parameters are the same either way."""
   num_heads: int
   head_dim: int
   dtype: jnp.dtype
+  project: bool = True
 
   @nn.compact
   def __call__(self, memory):
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     shape = (memory.shape[-1], self.num_heads, self.head_dim)
-    return tuple(token_matmul(memory, self.param(name, _init(('embed', 'heads', 'kv'), init), shape)
-                              .astype(self.dtype)) for name in ('key', 'value'))
+    kernels = tuple(self.param(name, _init(('embed', 'heads', 'kv'), init), shape).astype(self.dtype)
+                    for name in ('key', 'value'))
+    if not self.project:
+      return kernels
+    return tuple(token_matmul(memory, w) for w in kernels)
+
+
+class Copy(nn.Module):
+  """Pointer-generator output: log(gate * softmax(x @ unembed) + (1 - gate) * copy), where copy
+  puts each source position's attention weight (heads averaged) on that position's token id.
+  Attends over the last decoder layer's cross-attention keys, so decoding needs nothing new per
+  step. On CPU the logits, queries and gate are one matmul (bigjax/cpu/fused.py: three that read
+  x would have summed input gradients, which XLA:CPU's oneDNN fusion cannot run)."""
+  num_heads: int
+  head_dim: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, unembed, key, memory_valid, source):
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    shape = (x.shape[-1], self.num_heads, self.head_dim)
+    query = self.param('query', _init(('embed', 'heads', 'kv'), init), shape)
+    gate = _Kernel((x.shape[-1], 1), ('embed', None), name='gate')()
+    kernels = [w.astype(self.dtype) for w in (unembed, query, gate)]
+    x = x.astype(self.dtype)
+    if cpu.fuse_qkv():
+      logits, q, gate = cpu_fused.matmuls(x, *kernels)
+    else:
+      logits, q, gate = (token_matmul(x, w) for w in kernels)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    bias = self.param('gate_bias', _init((None,), nn.initializers.zeros_init()), (1,))
+    gate = jax.nn.sigmoid(gate.astype(jnp.float32) + bias)
+    scores = jnp.einsum('bthd,bshd->bhts', q, key, preferred_element_type=jnp.float32) * self.head_dim ** -0.5
+    scores = jnp.where(memory_valid[:, None, None, :], scores, -1e30)
+    weights = jax.nn.softmax(scores, axis=-1).mean(axis=1)  # (B, T, S)
+    # Scattered onto the vocabulary (a one-hot matmul would hold a (B, S, vocab) array).
+    scatter = lambda w, ids: jnp.zeros(w.shape[:1] + logits.shape[-1:]).at[:, ids].add(w)  # noqa: E731
+    copy = jax.vmap(scatter)(weights, source)
+    probs = gate * jax.nn.softmax(logits, axis=-1) + (1 - gate) * copy
+    return jnp.log(probs + 1e-9)  # the floor keeps log finite where neither side has mass
 
 
 class DecoderBlock(nn.Module):
@@ -118,6 +168,7 @@ class TransformerSeq2Seq(nn.Module):
   scan_layers: bool = True
   remat: str = 'none'
   pad_id: int = 0
+  copy: bool = False  # pointer-generator output (see the module docstring)
 
   def _remat(self, block):
     if self.remat != 'none':
@@ -158,7 +209,7 @@ class TransformerSeq2Seq(nn.Module):
     return self._decode(target_embed, targets, memory, train, decode=decode, positions=positions)
 
   def encode(self, inputs, train: bool = False):
-    """{'key', 'value': (decoder layers, B, S, heads, head_dim), 'valid': (B, S)}."""
+    """{'key', 'value': (decoder layers, B, S, heads, head_dim), 'valid', 'source': (B, S)}."""
     return self(inputs, None, train)
 
   def _encode(self, embed, inputs, train: bool):
@@ -177,7 +228,11 @@ class TransformerSeq2Seq(nn.Module):
         x = self._remat(Block)(**block_kwargs, name=f'encoder_{i}')(x, positions, valid)
     x = _norm(self.norm, jnp.dtype(self.dtype), 'encoder_norm')(x)
     # Every decoder layer's cross-attention keys and values, stacked on a leading layer axis.
-    kv = dict(num_heads=self.num_heads, head_dim=self.d_model // self.num_heads, dtype=jnp.dtype(self.dtype))
+    # On CPU, one matmul for all of them (bigjax/cpu/fused.py): their input gradients, summed, are
+    # one dot, which XLA:CPU's oneDNN fusion can run.
+    fused = cpu.fuse_qkv()
+    kv = dict(num_heads=self.num_heads, head_dim=self.d_model // self.num_heads, dtype=jnp.dtype(self.dtype),
+              project=not fused)
     if self.scan_layers:
       _, (key, value) = nn.scan(_ScanMemoryKV, variable_axes={'params': 0}, split_rngs={'params': True},
                                 length=self._decoder_layers, metadata_params={nn.PARTITION_NAME: 'layers'})(
@@ -185,7 +240,9 @@ class TransformerSeq2Seq(nn.Module):
     else:
       pairs = [MemoryKV(**kv, name=f'memory_kv_{i}')(x) for i in range(self._decoder_layers)]
       key, value = (jnp.stack(parts) for parts in zip(*pairs))
-    return {'key': key, 'value': value, 'valid': valid}
+    if fused:  # the kernels, stacked over layers: project them now
+      key, value = cpu_fused.memory_kv_projection(x.astype(jnp.dtype(self.dtype)), key, value)
+    return {'key': key, 'value': value, 'valid': valid, 'source': inputs}
 
   def _decode(self, embed, targets, memory, train: bool, *, decode: bool, positions):
     if positions is None:
@@ -203,6 +260,11 @@ class TransformerSeq2Seq(nn.Module):
         x = self._remat(DecoderBlock)(**kwargs, name=f'decoder_{i}')(
             x, positions, memory['key'][i], memory['value'][i], memory['valid'])
     x = _norm(self.norm, jnp.dtype(self.dtype), 'decoder_norm')(x)
+    if self.copy:
+      unembed = (embed.embedding.T if self.tied_embedding else
+                 _Kernel((self.d_model, self.num_outputs), ('embed', 'vocab'), name='unembed')())
+      return Copy(self.num_heads, self.d_model // self.num_heads, jnp.dtype(self.dtype), name='copy')(
+          x, unembed, memory['key'][-1], memory['valid'], memory['source'])
     if self.tied_embedding:
       logits = embed.attend(x)
     else:

@@ -18,6 +18,7 @@ from absl import logging
 
 from bigjax import decode, metrics
 from bigjax.config import ConfigError, check, check_choice
+from bigjax.cpu.argmax import argmax_equals
 from bigjax.data import pairs
 
 SCORERS = {'translation': metrics.translation_scores, 'summary': metrics.summary_scores}
@@ -55,12 +56,14 @@ def make(task_config, dataset):
 
   def per_token(logits, batch):
     logits = logits.astype(jnp.float32)
-    labels = jax.nn.one_hot(batch['targets'], logits.shape[-1])
+    # optax.softmax_cross_entropy(logits, smooth_labels(one_hot(targets))), from the integer labels
+    # (no one-hot over the vocabulary): (1 - smoothing) nll + smoothing * mean over ids of -log p.
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
     if smoothing:
-      labels = optax.smooth_labels(labels, smoothing)
+      token_loss = (1 - smoothing) * token_loss - smoothing * jax.nn.log_softmax(logits).mean(-1)
     weights = (batch['targets'] != pad_id).astype(jnp.float32)
-    correct = (logits.argmax(-1) == batch['targets']).astype(jnp.float32)
-    return optax.softmax_cross_entropy(logits, labels), correct, weights
+    correct = argmax_equals(logits, batch['targets']).astype(jnp.float32)  # argmax(-1) == targets, faster
+    return token_loss, correct, weights
 
   def loss(logits, batch):
     token_loss, correct, weights = per_token(logits, batch)
