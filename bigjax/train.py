@@ -187,7 +187,8 @@ def compile_train_step(s: Setup, config):
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
   return xla_options.jit_and_compile(lambda options: make_train_step(s, config, options),
-                                     (s.abstract_state, batch), config.train.cpu_matmul)
+                                     (s.abstract_state, batch),
+                                     xla_options.matmuls_for(config.train.cpu_matmul, config.model.get('dropout', 0.0)))
 
 
 def _accumulate(grads_and_metrics, steps: int):

@@ -98,3 +98,19 @@ def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_
   uninterrupted, resumed = final_state(config, a), final_state(config, b)
   for x, y in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_model_with_dropout_trains_with_xlas_matmuls_as_onednns_change_its_numbers(data_dir, caplog):
+  """oneDNN's matmuls change what a block with dropout computes (xla_options.matmuls_for): such a
+  step is compiled with XLA's own, and trains exactly as with train.cpu_matmul=xla."""
+  configs = {cm: tiny_lm_config(data_dir, cpu_matmul=cm) for cm in ('xla', 'onednn')}
+  for c in configs.values():
+    c.model.dropout = 0.1
+  batches = lm_batches(configs['xla'], 3)
+  caplog.set_level('WARNING')
+  losses, params, hlo = train_steps(configs['onednn'], batches)
+  assert 'onednn_fusion' not in hlo and 'dropout' in caplog.text
+  xla_losses, xla_params, _ = train_steps(configs['xla'], batches)
+  assert losses == xla_losses
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(xla_params), strict=True):
+    np.testing.assert_array_equal(a, b)

@@ -63,6 +63,18 @@ def _one_dot_of_inputs(computation: str) -> bool:
   return bool(after_dot)
 
 
+def matmuls_for(cpu_matmul: str, dropout: float) -> str:
+  """cpu_matmul, or 'xla' where oneDNN's matmuls would train a model with dropout. In this XLA they
+  change what a Transformer block with dropout computes: its output differs from the one with
+  XLA's matmuls by as much as the output itself, while without dropout the two agree to 1e-7, and
+  a summarization run with them stopped learning. Not understood yet (docs/performance.md)."""
+  if dropout > 0 and onednn_applies(cpu_matmul):
+    logging.warning("train.cpu_matmul=onednn: oneDNN's matmuls and dropout (model.dropout=%s) give wrong "
+                    "numbers in this XLA; compiling with XLA's own matmuls instead.", dropout)
+    return 'xla'
+  return cpu_matmul
+
+
 def jit_and_compile(make_jitted: Callable[[dict], Any], args: tuple, cpu_matmul: str):
   """(step, compiled): a function that computes what make_jitted(compiler_options) does, and its
   executable compiled for `args`. Where `onednn_applies`, every input shape the step meets is
