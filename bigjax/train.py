@@ -186,9 +186,9 @@ def compile_train_step(s: Setup, config):
   batch_sharding = sharding.batch_sharding(s.mesh)
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
+  matmuls = xla_options.matmuls_for(config.train.cpu_matmul, config.model.get('dropout', 0.0))
   return xla_options.jit_and_compile(lambda options: make_train_step(s, config, options),
-                                     (s.abstract_state, batch),
-                                     xla_options.matmuls_for(config.train.cpu_matmul, config.model.get('dropout', 0.0)))
+                                     (s.abstract_state, batch), matmuls)
 
 
 def _accumulate(grads_and_metrics, steps: int):
