@@ -88,6 +88,7 @@ def test_the_cached_decoder_gives_the_full_forward_pass_logits(scan, copy):
   np.testing.assert_allclose(model.apply(variables, source[:1, :4], targets[:1]), full[:1], atol=1e-5)
 
 
+@pytest.mark.slow  # 50 s; tests/test_decode.py checks beam 1 against greedy on toy models in CI
 def test_beam_search_of_one_beam_is_greedy_on_the_encoder_decoder():
   model = TransformerSeq2Seq(30, num_layers=1, d_model=32, num_heads=2, dropout=0.0)
   source = jax.random.randint(jax.random.key(1), (3, 7), 3, 30)
@@ -214,7 +215,7 @@ def test_the_copy_head_gives_log_probabilities_that_can_point_at_source_tokens()
   assert float(probs[..., 0].max()) < 1e-6
 
 
-@pytest.mark.parametrize('scan', [True, False])
+@pytest.mark.parametrize('scan', [pytest.param(True, marks=pytest.mark.slow), False])  # scanned: 26 s
 def test_the_fused_memory_key_value_matmul_computes_the_same_model(scan, monkeypatch):
   """Every decoder layer's cross-attention keys and values in one matmul (CPU) or a pair per layer
   (elsewhere): one parameter tree, the same logits and gradients."""
