@@ -39,20 +39,15 @@ def memory_kv_projection(x, key, value):
 
   All 2 L matmuls read x, so unfused their input gradients are 2 L summed dots (see above).
   """
-  layers, d_model, heads, head_dim = key.shape
-  tokens = x.shape[:-1]
-  w = jnp.stack([key, value], axis=1)  # (L, 2, D, N, H)
-  w = jnp.moveaxis(w, 2, 0).reshape(d_model, -1)  # (D, L * 2 * N * H)
-  kv = jax.lax.dot_general(x.reshape(-1, d_model), w, (((1,), (0,)), ((), ())))
-  kv = jnp.moveaxis(kv.reshape(-1, layers, 2, heads, head_dim), 1, 0)  # (L, tokens, 2, N, H)
-  kv = kv.reshape((layers,) + tokens + (2, heads, head_dim))
-  key, value = jax.lax.split(kv, (1, 1), axis=-3)  # one concatenation in backward (see above)
-  return key[..., 0, :, :], value[..., 0, :, :]
+  parts = matmuls(x, *[w[i] for i in range(key.shape[0]) for w in (key, value)])
+  return jnp.stack(parts[0::2]), jnp.stack(parts[1::2])
 
 
 def matmuls(x, *kernels):
   """(x @ w for w in kernels) as one matmul: x (..., D), each kernel (D, ...) -> (..., kernel.shape[1:]).
-  For the encoder-decoder's output with a copy head: logits, copy queries and gate all read x."""
+  For matmuls that read one input: the encoder-decoder's memory keys and values, and its output
+  with a copy head (logits, copy queries and gate). lax.split, as above: one concatenation in
+  backward."""
   d_model, tokens = x.shape[-1], x.shape[:-1]
   w = jnp.concatenate([k.reshape(d_model, -1) for k in kernels], axis=1)
   out = jax.lax.dot_general(x.reshape(-1, d_model), w, (((1,), (0,)), ((), ())))
