@@ -32,6 +32,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import seq2seq_vs_pytorch as reference  # noqa: E402  (imports bigjax first; see there)
 
+if __name__ == '__main__':
+  reference.heap.restart_with_huge_pages()  # as seq2seq_vs_pytorch.py's own run
+
 B, T, D, HEADS, V = 64, 64, 256, 4, 4096
 
 

@@ -19,7 +19,6 @@ two verdicts, and every host agrees on it before anything is renamed:
 """
 
 import json
-import os
 import re
 import sys
 
@@ -30,6 +29,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from bigjax import files
 from bigjax.config import ConfigError, RunStopped, config_changes
 
 EXIT_CORRUPT = 4  # a corrupt checkpoint that on_corrupt=fail or a read-only mode will not set aside
@@ -58,7 +58,7 @@ def manager(workdir: str, checkpoint_config, read_only: bool = False) -> ocp.Che
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else checkpoint_config.keep, enable_async_checkpointing=not read_only,
       create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+  return ocp.CheckpointManager(files.path(workdir) / 'checkpoints', options=options,
                                item_handlers=_item_handlers())
 
 
@@ -177,7 +177,7 @@ def _try_step(directory, step: int, abstract_state):
     return OK, _read(state_dir, abstract_state), ''
   except Exception as e:  # noqa: BLE001 (whatever Orbax or TensorStore raise: classified, not swallowed)
     kind, reason = verdict(e)
-    step_dir = os.path.join(directory, str(step))
+    step_dir = files.join(directory, str(step))
     return kind, None, reason if step_dir in reason else f'{reason}; reading {step_dir}'
 
 
@@ -191,7 +191,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, on_corrupt: str = 'fall
   """
   _ignore_late_callbacks()  # before any read: a failing one's callbacks may come while it fails
   while (step := mngr.latest_step()) is not None:
-    path = os.path.join(mngr.directory, str(step))
+    path = files.join(mngr.directory, str(step))
     mine, state, reason = _try_step(mngr.directory, step, abstract_state)
     agreed, own = _agree(mine)
     if agreed == OK:
@@ -236,25 +236,30 @@ def _set_aside(mngr, path: str) -> None:
   and the step can be saved again. Every host calls it: they agreed on the verdict."""
   if jax.process_index() == 0:
     target, n = path + '.corrupt', 1
-    while os.path.exists(target):  # the same step may go bad twice
+    while epath.Path(target).exists():  # the same step may go bad twice
       target, n = f'{path}.corrupt{n}', n + 1
-    os.replace(path, target)
+    epath.Path(path).rename(target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('bigjax: corrupt checkpoint moved')
   mngr.reload()
+
+
+def write_config(workdir, config) -> None:
+  """The resolved config as workdir/config.json, replaced whole (refuse_changed_config reads it)."""
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+  files.write_text(files.join(workdir, 'config.json'), text)
 
 
 def refuse_changed_config(workdir: str, config, abstract_state) -> None:
   """ConfigError if workdir holds checkpoints of a run whose config.json differs from config
   outside config.SAFE_CHANGES, unless checkpoint.allow_config_change. The message names the
   changed fields and, if the newest checkpoint no longer fits, the first parameter that does not."""
-  saved = os.path.join(workdir, 'config.json')
-  ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  if config.checkpoint.allow_config_change or not os.path.exists(saved) or not (
-      os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir))):
+  saved = files.path(workdir) / 'config.json'
+  ckpt_dir = files.path(workdir) / 'checkpoints'
+  if config.checkpoint.allow_config_change or not saved.exists() or not (
+      ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
     return
-  with open(saved) as f:
-    changes = config_changes(f.read(), config)
+  changes = config_changes(saved.read_text(), config)
   if not changes:
     return
   more = f' (and {len(changes) - 3} more)' if len(changes) > 3 else ''
@@ -290,17 +295,18 @@ def load_params(path: str, abstract_params):
   where path and shape match this config's; the rest keep their fresh init. Returns (a dict
   'hidden_0/kernel' -> host array of the matches, the step read, one line per param skipped).
   """
-  directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else \
-      os.path.join(path, 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = files.path(path)
+  if directory.name != 'checkpoints':
+    directory = directory / 'checkpoints'
+  if not directory.is_dir():
     raise ConfigError(f'config.checkpoint.init_from={path!r}: no checkpoints in {directory}')
-  source = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=_item_handlers(),
+  source = ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
   step = source.latest_step()
   source.close()
   if step is None:
     raise ConfigError(f'config.checkpoint.init_from={path!r}: no complete checkpoint in {directory}')
-  state_dir = _state_dir(os.path.abspath(directory), step)
+  state_dir = _state_dir(directory, step)
   saved = _state_shapes(state_dir)
   saved_params = {k[len('params/'):]: v for k, v in saved.items() if k.startswith('params/')}
   wanted = shapes(abstract_params)

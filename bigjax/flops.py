@@ -87,11 +87,11 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
   return 0.0, f'unknown device {device.device_kind!r}: set train.peak_flops'
 
 
-def xla_flops(compiled) -> float:
-  """XLA's FLOPs for one step on all devices (it costs the per-device program).
+def xla_flops(compiled, devices: int = 0) -> float:
+  """XLA's FLOPs for one step on all `devices` (default: jax's; it costs the per-device program).
 
   XLA counts a loop body once, so with train.grad_accum > 1 this is one micro-batch's.
   """
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost  # older JAX: one dict per program
-  return float(cost.get('flops', 0.0)) * jax.device_count()
+  return float(cost.get('flops', 0.0)) * (devices or jax.device_count())

@@ -40,6 +40,9 @@ _TOP_P = flags.DEFINE_float('top_p', 0.95, '--mode=sample: keep the smallest set
 
 _DRY_RUN = flags.DEFINE_bool(
     'dry_run', False, 'Compile the train step for the mesh, print one JSON line of memory and FLOPs, exit.')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', '', '--dry_run: compile for this TPU slice (v5e:4x4, v4:2x2x4, v5p:4x4x4, v6e:8x8) '
+    'instead of this machine\'s devices; needs requirements-tpu.txt, not a TPU.')
 # Multi-host: explicit, or detected on Cloud TPU and SLURM (jax.distributed's own detection).
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
@@ -150,12 +153,24 @@ def init_distributed() -> None:
     logging.set_verbosity(logging.WARNING)  # one voice on the console: process 0's
 
 
+def _compile_only_host(name: str) -> None:
+  """--topology: checks the name, and keeps jax on the CPU, since compiling for the slice needs no
+  local device (and off a TPU VM, libtpu would log its failure to find one)."""
+  if not _DRY_RUN.value:
+    raise ConfigError(f'--topology={name} compiles for a TPU slice without running: add --dry_run')
+  from bigjax import topology
+  topology.parse(name)
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  if 'jax' in sys.modules:  # imported already: the backend starts at first use, still ahead
+    sys.modules['jax'].config.update('jax_platforms', 'cpu')
+
+
 def run_mode(config, workdir: str) -> None:
   """What --mode (or --dry_run) asks for; raises ConfigError for bad input."""
   from bigjax import train  # jax, flax and TFDS load only for valid input
   if _DRY_RUN.value:
     from bigjax import dry_run
-    print(json.dumps(dry_run.report(config)), flush=True)
+    print(json.dumps(dry_run.report(config, _TOPOLOGY.value)), flush=True)
   elif _MODE.value == 'train':
     train.train_and_evaluate(config, workdir)
   elif _MODE.value == 'sample':
@@ -196,6 +211,8 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(_config_spec(sys.argv))
   try:
     validate(config)
+    if _TOPOLOGY.value:
+      _compile_only_host(_TOPOLOGY.value)
     if _COORDINATOR.value is not None and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
       raise ConfigError('--coordinator_address needs --num_processes and --process_id too')
     init_distributed()

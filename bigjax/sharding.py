@@ -100,6 +100,13 @@ def active(mesh, rules):
     yield
 
 
+def platform() -> str:
+  """The platform of the program being traced: the active mesh's devices' (a TPU slice's that
+  --dry_run --topology compiles for on a CPU host), else jax's default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 

@@ -6,7 +6,6 @@ is called with and supplies the loss and metrics; this file never asks which tas
 
 import json
 import math
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax import struct
 from jax.sharding import PartitionSpec
 
@@ -47,6 +47,7 @@ class Setup(NamedTuple):
   abstract_state: TrainState  # of ShapeDtypeStructs with shardings: what a restore fills in
   state_shardings: TrainState  # of NamedShardings
   init: Callable[[], TrainState]  # jitted; creates the state already sharded
+  rngs: dict  # each random stream's key (stream_keys), made here, outside any mesh of compile-only devices
 
 
 def _example_batch(dataset) -> dict:
@@ -71,17 +72,19 @@ def fold_rngs(rngs: dict, data) -> dict:
 
 def tokenizer_path(workdir: str | None) -> str | None:
   """Where a run keeps its tokenizer: text is read the same way by every later run in the workdir."""
-  return os.path.join(workdir, 'tokenizer') if workdir else None
+  return str(epath.Path(workdir) / 'tokenizer') if workdir else None
 
 
-def setup(config, workdir: str | None = None, dataset: data.Dataset | None = None) -> Setup:
+def setup(config, workdir: str | None = None, dataset: data.Dataset | None = None,
+          devices=None) -> Setup:
   """Checks the config against the devices and data, and builds (but does not run) init.
 
   Raises ConfigError for anything that cannot work, before any compile and
   before anything is written. A text dataset uses the tokenizer saved in workdir, if any.
-  `dataset`: one already loaded (or a placeholder of its shapes, for --dry_run).
+  `dataset`: one already loaded (or a placeholder of its shapes, for --dry_run); `devices`: the
+  mesh's, if not jax.devices() (a TPU slice's compile-only devices, for --dry_run --topology).
   """
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   dataset = dataset or data.load(config.data, tokenizer_path(workdir))
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
@@ -94,8 +97,9 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
   if config.data.get('bucket', 0) and batch_size > len(dataset.splits['train']):
     raise ConfigError(f'config.train.batch_size={batch_size} is invalid: bucketing needs a train split '
                       f'of at least one batch ({len(dataset.splits["train"])} examples)')
-  model = models.build(config.model, dataset.num_classes,
-                       dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
+  with sharding.active(mesh, ()):  # the model's defaults are the mesh's platform's
+    model = models.build(config.model, dataset.num_classes,
+                         dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
   length = optim.schedule_steps(config.optim, config.train.steps)
@@ -125,11 +129,12 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
                           nn.meta.unbox(boxed), shardings)
   # Created already sharded: no array is ever whole on one device.
   init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
-  return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init)
+  return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init,
+               stream_keys(config.seed))
 
 
 def make_train_step(s: Setup, config, compiler_options=None):
-  keys = stream_keys(config.seed)
+  keys = s.rngs
   schedule = optim.learning_rate(config.optim, config.train.steps)
 
   def grads_and_metrics(params, model_state, batch, rngs):
@@ -238,14 +243,20 @@ def _data_parallel(grads_and_metrics, mesh):
                        out_specs=replicated, check_vma=False)
 
 
+def model_flops(s: Setup, config, xla_flops: float) -> float:
+  """One step's model FLOPs (flops.py's convention), or XLA's count for a model without a formula."""
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
+  example_shape = _example_batch(s.dataset)['inputs'].shape[1:]
+  per_example = models.flops_per_example(config.model, num_params, example_shape)
+  return per_example * s.batch_size if per_example else xla_flops
+
+
 def _throughput(s: Setup, config, compiled_step):
   """Returns steps/s -> {'<units>_per_s', 'mfu'} for the train log, and logs the FLOPs behind it."""
   units, per_example = s.task.units
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
-  example_shape = _example_batch(s.dataset)['inputs'].shape[1:]
   xla = flops.xla_flops(compiled_step)
-  per_example_flops = models.flops_per_example(config.model, num_params, example_shape)
-  model = per_example_flops * s.batch_size if per_example_flops else xla
+  model = model_flops(s, config, xla)
   peak, source = flops.peak_flops(config.train.peak_flops)
   logging.info('%s parameters; model FLOPs per step %.4g (XLA counts %.4g); peak %.4g FLOP/s (%s).',
                f'{num_params:,}', model, xla, peak, source)
@@ -294,11 +305,10 @@ def _stop_if_nonfinite(pending: list, step: int, baseline: int, last_checkpoint:
 
 def _write_run_files(s: Setup, config, workdir: str) -> None:
   """The resolved config, and the tokenizer the run reads text with (kept from its first start)."""
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    if s.dataset.tokenizer and not os.path.exists(tokenizer_path(workdir)):
+    checkpoint.write_config(workdir, config)
+    if s.dataset.tokenizer and not epath.Path(tokenizer_path(workdir)).exists():
       data.tokenizers.save(s.dataset.tokenizer, tokenizer_path(workdir))
 
 
@@ -400,8 +410,8 @@ def restore_newest(s: Setup, config, workdir: str):
   """(state, step) of the newest complete checkpoint in workdir, read only: a read-only mode
   never renames or deletes a checkpoint (the run that owns it may still be training).
   ConfigError if there is none; RunStopped if the newest one does not read back."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = epath.Path(workdir) / 'checkpoints'
+  if not ckpt_dir.is_dir():
     raise ConfigError(f'no checkpoints in {ckpt_dir}: train first, or pass the --workdir of a run')
   mngr = checkpoint.manager(workdir, config.checkpoint, read_only=True)
   try:

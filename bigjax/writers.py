@@ -4,17 +4,22 @@ Only process 0 writes. Scalars go to metrics.jsonl and TensorBoard; arrays
 (per-class figures, confusion matrices, generated examples) go to details.jsonl, and to
 TensorBoard as one scalar per class (`eval/per_class_f1/<class>`) and text (TEXT tab). The .jsonl files
 are strict JSON: a NaN or infinite value is written as null.
+
+All of it goes through etils.epath, so a gs:// workdir works. tensorboardX writes event files with
+open() locally and with its own boto3 / google-cloud-storage clients for s3:// and gs://; for a
+bucket, bigjax gives it instead a writer that uploads through epath (see EpathEventFile).
 """
 
 import datetime
+import io
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from bigjax import files
 
@@ -52,20 +57,21 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
-    self.paths = {name: os.path.join(workdir, name) for name in ('metrics.jsonl', 'details.jsonl')}
+    self.paths = {name: files.join(workdir, name) for name in ('metrics.jsonl', 'details.jsonl')}
     for path in self.paths.values():
       self._truncate(path, resume_step)
-    self.files = {name: open(path, 'a') for name, path in self.paths.items()}
-    self.tensorboard = SummaryWriter(logdir=workdir, flush_secs=10)
+    self.files = {name: files.LineLog(path) for name, path in self.paths.items()}
+    if files.is_remote(workdir):
+      _events_through_epath(workdir)
+    self.tensorboard = SummaryWriter(logdir=str(workdir), flush_secs=10)
 
   @staticmethod
   def _truncate(path: str, step: int) -> None:
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       return
-    with open(path) as f:
-      lines = [line for line in f if _keep_after_resume(line, step)]
+    lines = epath.Path(path).read_text().splitlines(keepends=True)
     with files.replaced_atomically(path) as f:  # a kill here loses nothing
-      f.writelines(lines)
+      f.writelines(line for line in lines if _keep_after_resume(line, step))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
@@ -77,7 +83,6 @@ class MetricWriter:
       if values:
         record = {'step': step, 'split': split, **values, 'time': elapsed}
         self.files[name].write(json.dumps(_finite_or_null(record), allow_nan=False) + '\n')
-        self.files[name].flush()
     for k, v in scalars.items():
       self.tensorboard.add_scalar(f'{split}/{k}', v, step)
     names = class_names(metrics, self.class_names)
@@ -97,6 +102,42 @@ class MetricWriter:
       for f in self.files.values():
         f.close()
       self.tensorboard.close()
+
+
+class EpathEventFile:
+  """One TensorBoard event file in a bucket, for tensorboardX's RecordWriter. An object cannot be
+  appended to, so each flush (every flush_secs, and at close) uploads the whole file again, as
+  tensorboardX's own S3 and GCS writers do; a kill leaves the last upload, whole."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = epath.Path(path), io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    with files.replaced_atomically(self.path, 'wb') as f:
+      f.write(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFiles:
+  """tensorboardX's writer factory for one URI scheme."""
+
+  def open(self, path: str) -> EpathEventFile:
+    return EpathEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _events_through_epath(workdir: str) -> None:
+  """Sends event files under workdir's scheme (gs, s3, ...) through epath, which needs no client
+  library of its own and uses the same credentials as the checkpoints."""
+  from tensorboardX import record_writer  # noqa: PLC0415 (process 0 only)
+  record_writer.register_writer_factory(str(workdir).split(':', 1)[0], _EpathEventFiles())
 
 
 def class_names(metrics: dict, names=()) -> list[str]:

@@ -62,6 +62,8 @@ def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
       'positions': 'rope',
       'tied_embedding': True,
       'dropout': 0.0,
+      'attention': 'auto',  # splash on TPU, cuDNN on GPU, heads-major einsums on CPU
+      'attention_block': 512,  # splash's query and key blocks
       'dtype': 'auto',  # bfloat16 on TPU and GPU, float32 on CPU; params stay float32
       'scan_layers': big,  # scanning saves compile time at depth; unrolled is faster on CPU
       'remat': 'dots_no_batch' if big else 'none',

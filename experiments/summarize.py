@@ -77,6 +77,8 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'tied_embedding': True,
       'dropout': 0.1,
       'copy': True,  # pointer-generator: a summary reuses its source's rare words
+      'attention': 'auto',  # splash on TPU, cuDNN on GPU, heads-major einsums on CPU
+      'attention_block': 512,  # splash's query and key blocks
       'dtype': 'auto',
       'scan_layers': big,
       'remat': 'dots_no_batch' if big else 'none',

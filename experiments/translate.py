@@ -77,6 +77,8 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'tied_embedding': True,
       'copy': not big,  # pointer-generator: names and terms pass through (not in the WMT literature)
       'dropout': 0.1 if big else 0.0,  # a CPU run sees each pair about three times: no need
+      'attention': 'auto',  # splash on TPU, cuDNN on GPU, heads-major einsums on CPU
+      'attention_block': 512,  # splash's query and key blocks
       'dtype': 'auto',
       'scan_layers': big,
       'remat': 'dots_no_batch' if big else 'none',

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # Runs `python -m bigjax.main ARGS...` on every worker of a Cloud TPU VM (a single host or a
 # pod slice): creates the VM (or a queued resource) unless it exists, copies this checkout,
-# installs requirements.txt and jax[tpu] on every worker, runs the job on --worker=all with
-# the logs streaming here, then deletes the VM if asked.
+# installs requirements.txt and requirements-tpu.txt on every worker, runs the job on
+# --worker=all with the logs streaming here, then deletes the VM if asked.
 #
 #   launch/tpu_vm.sh --name=my-tpu --zone=us-central2-b --accelerator=v4-32 [--project=P] \
-#       [--runtime=tpu-ubuntu2204-base] [--queued] [--spot] [--delete] [--print] \
-#       -- --config=experiments/cifar10_resnet.py --workdir=/mnt/shared/runs/cifar
+#       [--runtime=tpu-ubuntu2204-base] [--queued] [--spot] [--delete] [--shared_workdir] [--print] \
+#       -- --config=experiments/cifar10_resnet.py --workdir=gs://my-bucket/runs/cifar
 #
 # Every option can come from the environment instead: TPU_NAME, ZONE, ACCELERATOR, PROJECT,
-# RUNTIME. --print echoes the gcloud commands without running any. On a pod slice the
-# --workdir must be a filesystem that all workers share (a gcsfuse or Filestore mount):
-# Orbax writes one checkpoint from every worker.
+# RUNTIME. --print echoes the gcloud commands without running any. A slice of several hosts
+# (more than 8 chips or cores in its name: v4-16, v5p-16, v5litepod-16, v6e-16 and up) needs a
+# --workdir that every worker sees, since Orbax writes one checkpoint from all of them: a gs://
+# bucket, or, with --shared_workdir, a path on a mount they all share (Filestore, gcsfuse).
 set -euo pipefail
 
 name=${TPU_NAME:-} zone=${ZONE:-} accelerator=${ACCELERATOR:-} project=${PROJECT:-}
 runtime=${RUNTIME:-tpu-ubuntu2204-base}
-queued=0 spot=0 delete=0 print=0
-usage() { echo "usage: $0 --name=N --zone=Z --accelerator=T [--project=P] [--runtime=R] [--queued] [--spot] [--delete] [--print] -- BIGJAX_ARGS..." >&2; exit 2; }
+queued=0 spot=0 delete=0 print=0 shared_workdir=0
+usage() { echo "usage: $0 --name=N --zone=Z --accelerator=T [--project=P] [--runtime=R] [--queued] [--spot] [--delete] [--shared_workdir] [--print] -- BIGJAX_ARGS..." >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --name=*) name=${1#*=} ;;
@@ -28,6 +29,7 @@ while [[ $# -gt 0 ]]; do
     --queued) queued=1 ;;
     --spot) spot=1 ;;
     --delete) delete=1 ;;
+    --shared_workdir) shared_workdir=1 ;;
     --print) print=1 ;;
     --) shift; break ;;
     *) echo "tpu_vm: unknown option $1" >&2; usage ;;
@@ -35,6 +37,22 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ -n $name && -n $zone && -n $accelerator && $# -gt 0 ]] || usage
+
+# Several hosts write one workdir: refuse one that only this host's disk would hold.
+workdir=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --workdir=*) workdir=${args[i]#*=} ;;
+    --workdir) workdir=${args[i + 1]:-} ;;
+  esac
+done
+size=${accelerator##*-}
+if [[ $size =~ ^[0-9]+$ ]] && ((size > 8)) && [[ $workdir != gs://* && $shared_workdir == 0 ]]; then
+  echo "tpu_vm: error: $accelerator has several hosts, which must share the workdir:" \
+       "pass --workdir=gs://BUCKET/PATH, or --shared_workdir if ${workdir:-the default runs/ folder} is on a mount every worker shares" >&2
+  exit 2
+fi
 
 where=(--zone="$zone")
 [[ -n $project ]] && where+=(--project="$project")
@@ -73,10 +91,9 @@ fi
 archive=/tmp/bigjax-$name.tar.gz
 run tar -czf "$archive" --exclude=./runs --exclude=./.git -C "$(dirname "$0")/.." .
 run "${tpu[@]}" scp "$archive" "$name:bigjax.tar.gz" --worker=all "${where[@]}"
-jax_version=$(sed -n 's/^jax==//p' "$(dirname "$0")/../requirements.txt")
 run "${tpu[@]}" ssh "$name" --worker=all "${where[@]}" --command="mkdir -p ~/bigjax && \
 tar -xzf ~/bigjax.tar.gz -C ~/bigjax && cd ~/bigjax && pip install -q -r requirements.txt \
-'jax[tpu]==$jax_version'"
+-r requirements-tpu.txt"
 
 # 3. Run on every worker; jax.distributed finds its peers from the TPU metadata.
 status=0

@@ -4,6 +4,8 @@ import os
 import shlex
 import subprocess
 
+import pytest
+
 from helpers import REPO
 
 TPU = ['--name=my-tpu', '--zone=us-central2-b', '--accelerator=v4-32']
@@ -31,7 +33,7 @@ def _printed_commands(stdout):
 
 
 def test_tpu_vm_print_shows_every_step_and_runs_nothing(tmp_path):
-  result = _tpu_vm(tmp_path, '--print', *TPU, '--', *BIGJAX_ARGS)
+  result = _tpu_vm(tmp_path, '--print', *TPU, '--shared_workdir', '--', *BIGJAX_ARGS)
   assert result.returncode == 0, result.stderr
   assert not (tmp_path / 'calls').exists()  # not one gcloud call
   create, archive, copy, install, job = _printed_commands(result.stdout)
@@ -41,7 +43,7 @@ def test_tpu_vm_print_shows_every_step_and_runs_nothing(tmp_path):
   for command in (copy, install, job):
     assert '--worker=all' in command
   install_script = next(a for a in install if a.startswith('--command='))
-  assert 'pip install -q -r requirements.txt' in install_script and "'jax[tpu]==0.10.2'" in install_script
+  assert 'pip install -q -r requirements.txt -r requirements-tpu.txt' in install_script
   job_script = next(a for a in job if a.startswith('--command=')).removeprefix('--command=')
   # What each worker's shell runs is exactly bigjax.main with our arguments, quotes and all.
   assert shlex.split(job_script) == ['cd', '~/bigjax', '&&', 'python', '-m', 'bigjax.main', '--distributed',
@@ -50,8 +52,8 @@ def test_tpu_vm_print_shows_every_step_and_runs_nothing(tmp_path):
 
 
 def test_tpu_vm_queued_resource_and_delete(tmp_path):
-  result = _tpu_vm(tmp_path, '--print', *TPU, '--queued', '--spot', '--delete', '--project=lab', '--',
-                   *BIGJAX_ARGS)
+  result = _tpu_vm(tmp_path, '--print', *TPU, '--queued', '--spot', '--delete', '--project=lab',
+                   '--shared_workdir', '--', *BIGJAX_ARGS)
   assert result.returncode == 0, result.stderr
   commands = _printed_commands(result.stdout)
   create, delete = commands[0], commands[-1]
@@ -67,6 +69,39 @@ def test_tpu_vm_without_a_name_or_job_is_a_usage_error(tmp_path):
     result = _tpu_vm(tmp_path, *args)
     assert result.returncode == 2 and 'usage' in result.stderr
   assert not (tmp_path / 'calls').exists()
+
+
+def test_requirements_tpu_pins_the_jax_of_requirements_txt():
+  with open(os.path.join(REPO, 'requirements.txt')) as f:
+    jax_version = next(line.split('==')[1].strip() for line in f if line.startswith('jax=='))
+  with open(os.path.join(REPO, 'requirements-tpu.txt')) as f:
+    assert f'jax[tpu]=={jax_version}' in f.read().split()
+
+
+@pytest.mark.parametrize('accelerator', ['v4-16', 'v4-32', 'v5p-16', 'v5litepod-16', 'v6e-256'])
+@pytest.mark.parametrize('workdir', [['--workdir=/mnt/runs/x'], ['--workdir', 'runs/x'], []])
+def test_tpu_vm_refuses_a_multi_host_slice_whose_workdir_is_not_shared(tmp_path, accelerator, workdir):
+  result = _tpu_vm(tmp_path, '--print', '--name=t', '--zone=z', f'--accelerator={accelerator}', '--',
+                   '--config=experiments/digits_mlp.py', *workdir)
+  assert result.returncode == 2
+  [line] = result.stderr.splitlines()
+  assert line.startswith('tpu_vm: error:') and 'gs://' in line and '--shared_workdir' in line
+  assert not result.stdout and not (tmp_path / 'calls').exists()
+
+
+@pytest.mark.parametrize('accelerator, options, workdir', [
+    ('v4-32', [], '--workdir=gs://bucket/runs/x'),
+    ('v5litepod-16', ['--shared_workdir'], '--workdir=/mnt/filestore/runs/x'),
+    ('v4-8', [], '--workdir=runs/x'),  # one host: its own disk is shared by all its processes
+    ('v5litepod-8', [], '--workdir=runs/x'),
+    ('v6e-4', [], '--workdir=runs/x'),
+])
+def test_tpu_vm_runs_with_a_bucket_a_declared_shared_workdir_or_one_host(tmp_path, accelerator, options,
+                                                                          workdir):
+  result = _tpu_vm(tmp_path, '--print', '--name=t', '--zone=z', f'--accelerator={accelerator}', *options,
+                   '--', '--config=experiments/digits_mlp.py', workdir)
+  assert result.returncode == 0, result.stderr
+  assert workdir in _printed_commands(result.stdout)[-1][-1]
 
 
 def test_slurm_script_runs_bigjax_once_per_task_with_distributed_init(tmp_path):

@@ -18,9 +18,7 @@ import tensorflow_datasets as tfds
 
 from bigjax import cpu, data, decode, sharding, tasks
 from bigjax.config import LOGICAL_RULES
-from bigjax.cpu import attention as cpu_attention
 from bigjax.data import pipeline, tokenizers
-from bigjax.models import attention
 from bigjax.models.transformer import TransformerLM, rope
 from helpers import REPO, lm_batches, read_metrics, run_main, tiny_lm_config, train_steps
 
@@ -119,39 +117,6 @@ def test_remat_policies_recompute_only_what_they_say(mlp):
   assert dots('dots') == dots('none')
   assert dots('dots_no_batch') == dots('none') + 4
   assert dots('full') > dots('dots_no_batch')
-
-
-@pytest.mark.parametrize('kv_heads', [4, 2, 1], ids=['multi_head', 'grouped', 'multi_query'])
-def test_cpu_attention_equals_dot_product_attention(kv_heads):
-  """The heads-major attention used on CPU, values and gradients, against jax.nn.dot_product_attention:
-  causal, with a left-padded row and a query that sees no real key at all."""
-  q = jax.random.normal(jax.random.key(0), (2, 6, 4, 8))
-  k, v = (jax.random.normal(jax.random.key(i), (2, 6, kv_heads, 8)) for i in (1, 2))
-  valid = jnp.arange(6)[None, :] >= jnp.array([[0], [3]])
-  mask = valid[:, None, None, :] & (jnp.arange(6)[None, :] <= jnp.arange(6)[:, None])[None, None]
-
-  def loss(fn):
-    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask=mask))), (0, 1, 2)))
-
-  ours = loss(cpu_attention.heads_major_attention)(q, k, v)
-  reference = loss(jax.nn.dot_product_attention)(q, k, v)
-  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_attention_picks_the_cpu_path_on_cpu_and_xla_elsewhere():
-  """The one seam: heads-major einsums on the CPU backend, jax.nn.dot_product_attention on the others;
-  and the whole function (mask, two query blocks) against the reference on CPU."""
-  assert attention.implementation('cpu') is cpu_attention.heads_major_attention
-  assert attention.implementation('gpu') is attention.implementation('tpu') is attention.reference
-  q = jax.random.normal(jax.random.key(0), (2, 8, 4, 8))
-  k, v = (jax.random.normal(jax.random.key(i), (2, 8, 2, 8)) for i in (1, 2))
-  valid = jnp.arange(8)[None, :] >= jnp.array([[0], [3]])
-  mask = valid[:, None, None, :] & (jnp.arange(8)[None, :] <= jnp.arange(8)[:, None])[None, None]
-  want = attention.reference(q, k, v, mask)
-  got = attention.attention(q, k, v, valid, causal=True, blocks=2)
-  rows = valid[:, :, None, None]  # a query that sees no real key is undefined either way
-  np.testing.assert_allclose(jnp.where(rows, got, 0), jnp.where(rows, want, 0), rtol=1e-5, atol=1e-5)
 
 
 def test_the_fused_query_key_value_matmul_computes_the_same_model(monkeypatch):

@@ -8,7 +8,9 @@ heap.py: the glibc malloc setting. XLA:CPU mallocs its scratch space (over a gig
   process started by `python -m bigjax.main` whose backend will be the CPU (`keep_freed_memory_on_cpu`
   below, before jax starts its threads), and to the benchmarks, which call it before importing torch
   so both contenders share it. Never on `import bigjax`: a notebook or a data loader keeps glibc's
-  defaults. BIGJAX_KEEP_HEAP=0 turns it off; no-op off glibc.
+  defaults. BIGJAX_KEEP_HEAP=0 turns it off; no-op off glibc. `heap.restart_with_huge_pages` also puts
+  the heap on transparent huge pages (glibc's malloc.hugetlb tunable, read only at process start, so
+  it re-executes the command line): called only by scripts' entry points (the seq2seq benchmarks).
 
 xla_options.py: oneDNN's matmuls (config.train.cpu_matmul='onednn'). XLA:CPU's experimental
   oneDNN fusion runs matmuls with the library under PyTorch's CPU matmuls, faster at a
@@ -54,6 +56,7 @@ argmax.py: `argmax_equals`, the accuracy's argmax(logits) == labels without XLA:
 docs/performance.md has the measurements behind each piece, and the benchmarks that took them.
 """
 
+import glob
 import importlib.util
 import os
 import sys
@@ -81,7 +84,10 @@ def will_run_on_cpu() -> bool:
     return {p.strip() for p in platforms.split(',') if p.strip()} == {'cpu'}
   if os.environ.get('PJRT_NAMES_AND_LIBRARY_PATHS') or os.environ.get('TPU_LIBRARY_PATH'):
     return False
-  if importlib.util.find_spec('libtpu') is not None or metadata.entry_points(group='jax_plugins'):
+  # libtpu without a TPU (installed to compile for a slice: --dry_run --topology) leaves the CPU.
+  chips = glob.glob('/dev/accel*') + glob.glob('/dev/vfio/[0-9]*')  # where TPU VMs expose their chips
+  tpu = importlib.util.find_spec('libtpu') is not None and bool(chips)
+  if tpu or metadata.entry_points(group='jax_plugins'):
     return False
   try:
     return importlib.util.find_spec('jax_plugins') is None  # the namespace GPU plugins install into
@@ -98,6 +104,6 @@ def keep_freed_memory_on_cpu() -> bool:
 
 def fuse_qkv() -> bool:
   """Whether the Transformer computes query, key and value in one matmul (fused.py; see above)."""
-  import jax  # noqa: PLC0415
+  from bigjax import sharding  # noqa: PLC0415
 
-  return jax.default_backend() == 'cpu'
+  return sharding.platform() == 'cpu'

@@ -6,8 +6,9 @@ as the loss and its gradient together. The same answer from a max, a gather and 
 reduction takes about 19 ms alone, and shares its max with the loss's softmax in a train step
 (2% of the seq2seq step, docs/performance.md). Other backends keep the plain argmax."""
 
-import jax
 import jax.numpy as jnp
+
+from bigjax import sharding
 
 
 def argmax_equals(logits, labels):
@@ -15,7 +16,7 @@ def argmax_equals(logits, labels):
 
   On CPU: the label's logit is the row's maximum and no earlier id's equals it (argmax picks the
   first maximum). Where a row holds a NaN, argmax points at it; this says False there instead."""
-  if jax.default_backend() != 'cpu':
+  if sharding.platform() != 'cpu':
     return logits.argmax(-1) == labels
   top = logits.max(axis=-1, keepdims=True)
   label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]

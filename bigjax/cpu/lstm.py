@@ -8,6 +8,7 @@ which runs. lstm_cpu.cc says why the recurrence is native code; native.py builds
 import jax
 import jax.numpy as jnp
 
+from bigjax import sharding
 from bigjax.cpu import native
 
 KERNELS = ('BigjaxLstmForward', 'BigjaxLstmBackward')  # lstm_cpu.cc's FFI handlers
@@ -22,7 +23,7 @@ def load() -> bool:
 def applies(dtype) -> bool:
   """The C++ layer runs this layer: float32 on the CPU backend, and lstm_cpu.cc built. Elsewhere
   the caller's lax.scan computes the same."""
-  return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == 'cpu' and load()
+  return jnp.dtype(dtype) == jnp.float32 and sharding.platform() == 'cpu' and load()
 
 
 def forward(x, valid, weights, reverse, targets=KERNELS):

@@ -25,13 +25,15 @@ from typing import Any
 import jax
 from absl import logging
 
+from bigjax import sharding
+
 CPU_MATMULS = ('xla', 'onednn')
 ONEDNN = {'xla_cpu_use_onednn': True, 'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
 
 
 def onednn_applies(cpu_matmul: str) -> bool:
   """oneDNN is asked for, the step runs on CPU, and jaxlib has oneDNN (its x86-64 builds)."""
-  return (cpu_matmul == 'onednn' and jax.default_backend() == 'cpu'
+  return (cpu_matmul == 'onednn' and sharding.platform() == 'cpu'
           and platform.machine().lower() in ('x86_64', 'amd64'))
 
 

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from bigjax import files
@@ -256,11 +257,11 @@ def _read_labelled(source, spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
 
 def _cached(path: str, make: Callable[[], dict]) -> dict:
   """The arrays saved at path (.npz), made and saved (atomically) if missing."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     arrays = make()
     with files.replaced_atomically(path, 'wb') as f:  # a killed run never leaves a truncated cache
       np.savez(f, **arrays)
-  with np.load(path) as saved:
+  with epath.Path(path).open('rb') as f, np.load(f) as saved:
     return dict(saved)
 
 
@@ -324,7 +325,7 @@ def check_config(data_config) -> None:
 
 
 def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_path: str | None):
-  if saved_path and os.path.exists(saved_path):
+  if saved_path and epath.Path(saved_path).exists():
     tokenizer = tokenizers.load(saved_path)
     if tokenizer.kind != data_config.tokenizer:
       raise ConfigError(f'config.data.tokenizer={data_config.tokenizer!r} is invalid: this workdir\'s run '
@@ -338,9 +339,8 @@ def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_
 def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: str | None) -> Dataset:
   check_config(data_config)
   seq_len = data_config.seq_len
-  cache = os.path.join(os.path.expanduser(_data_dir_for_humans(data_config.data_dir)), 'bigjax_cache',
-                       spec.tfds_name)
-  os.makedirs(cache, exist_ok=True)
+  cache = files.join(files.path(_data_dir_for_humans(data_config.data_dir)), 'bigjax_cache', spec.tfds_name)
+  epath.Path(cache).mkdir(parents=True, exist_ok=True)
   tokenizer = _tokenizer(spec, data_config, sources, cache, tokenizer_path)
   splits = {}
   pair_lengths = dict(source_len=seq_len, target_len=data_config.get('target_len', 0),
@@ -349,16 +349,16 @@ def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: st
     name = f'{tokenizers.fingerprint(tokenizer)}_{spec.splits[split]}_{len(source)}'
     if spec.target_feature:
       splits[split] = pipeline.Split(arrays=_cached(
-          os.path.join(cache, f'{name}_{seq_len}_{data_config.target_len}.npz'),
+          files.join(cache, f'{name}_{seq_len}_{data_config.target_len}.npz'),
           lambda source=source: pairs.encode(tokenizer, list(_texts(source, spec.text_feature)),
                                              list(_texts(source, spec.target_feature)), **pair_lengths)))
       continue
     if spec.label_feature:
-      arrays = _cached(os.path.join(cache, f'{name}_{seq_len}.npz'),
+      arrays = _cached(files.join(cache, f'{name}_{seq_len}.npz'),
                        lambda source=source: _labelled_texts(source, spec, tokenizer, seq_len))
       splits[split] = pipeline.Split(arrays=arrays)
       continue
-    tokens = _cached(os.path.join(cache, f'{name}.npz'),
+    tokens = _cached(files.join(cache, f'{name}.npz'),
                      lambda source=source: _document_stream(source, spec.text_feature, tokenizer))['tokens']
     if len(tokens) < seq_len + 1:
       raise ConfigError(f'config.data.seq_len={seq_len} is invalid: the {split} split has only '

@@ -27,6 +27,7 @@ import subprocess
 import tensorflow_datasets as tfds
 from absl import logging
 
+from bigjax import files
 from bigjax.config import ConfigError
 
 _SPLITS = ('train', 'validation', 'test')
@@ -174,7 +175,10 @@ class _DebianBuilder(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _lists_dir(self, dl_manager) -> str:
-    return self._source_dir or fetch_lists(os.path.join(str(dl_manager.download_dir), 'debian_lists'))
+    """apt writes only to a local folder: with the data dir in a bucket, the lists go to the cache."""
+    download_dir = str(dl_manager.download_dir)
+    local = files.cache_dir() if files.is_remote(download_dir) else download_dir
+    return self._source_dir or fetch_lists(os.path.join(local, 'debian_lists'))
 
   def _split_generators(self, dl_manager):
     lists_dir = self._lists_dir(dl_manager)

@@ -17,10 +17,10 @@ import collections
 import hashlib
 import io
 import json
-import os
 import re
 
 import numpy as np
+from etils import epath
 
 from bigjax import files
 
@@ -146,8 +146,7 @@ def save(tokenizer, path: str) -> None:
 
 def load(path: str):
   """The tokenizer that save() wrote at path."""
-  with open(path, 'rb') as f:
-    content = f.read()
+  content = epath.Path(path).read_bytes()
   if not content.startswith(b'{'):
     return SentencePieceTokenizer(content)
   fields = json.loads(content)
@@ -166,9 +165,9 @@ def get_or_train(kind: str, vocab_size: int, directory: str, training_texts):
   """
   if kind == 'byte':
     return ByteTokenizer()
-  path = os.path.join(directory, f'{kind}_{vocab_size}.{"model" if kind == "sentencepiece" else "json"}')
-  if not os.path.exists(path):
-    os.makedirs(directory, exist_ok=True)
+  path = epath.Path(directory) / f'{kind}_{vocab_size}.{"model" if kind == "sentencepiece" else "json"}'
+  if not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
     trainer = {'sentencepiece': SentencePieceTokenizer, 'word': WordTokenizer}[kind]
     save(trainer.train(training_texts(), vocab_size), path)
   return load(path)

@@ -8,10 +8,10 @@ comes from the dataset: classes, or the vocabulary of a language model.
 import dataclasses
 
 import flax.linen as nn
-import jax
 
-from bigjax import flops
+from bigjax import flops, sharding
 from bigjax.config import check, check_choice
+from bigjax.models.attention import IMPLEMENTATIONS
 from bigjax.models.cnn import LeNet, ResNet
 from bigjax.models.layers import ACTIVATIONS, POOLINGS
 from bigjax.models.lstm import LSTMClassifier
@@ -73,6 +73,11 @@ def check_config(model_config) -> None:
     check(merged['d_model'] % heads == 0, 'model.d_model', merged['d_model'],
           f'use a multiple of model.num_heads={heads}')
     check(heads % kv == 0, 'model.num_kv_heads', kv, f'use a divisor of model.num_heads={heads}')
+  if 'attention' in model_config:
+    check_choice(model_config, 'model', 'attention', IMPLEMENTATIONS)
+  if 'attention_block' in model_config:
+    check(model_config.attention_block >= 128 and model_config.attention_block % 128 == 0,
+          'model.attention_block', model_config.attention_block, 'use a multiple of 128')
   if 'query_blocks' in model_config:
     check(model_config.query_blocks >= 1, 'model.query_blocks', model_config.query_blocks,
           'use 1 (one attention call) or more query chunks')
@@ -109,5 +114,5 @@ def build(model_config, num_outputs: int, vocab_size: int = 0) -> nn.Module:
           'this dataset has no tokenizer: set the number of token ids')
     kwargs['vocab_size'] = configured or vocab_size
   if kwargs.get('dtype') == 'auto':
-    kwargs['dtype'] = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+    kwargs['dtype'] = 'float32' if sharding.platform() == 'cpu' else 'bfloat16'
   return cls(num_outputs=num_outputs, **kwargs)

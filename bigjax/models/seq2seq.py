@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from bigjax import cpu
 from bigjax.cpu import fused as cpu_fused
-from bigjax.models.attention import attention
+from bigjax.models.attention import attention, unfused
 from bigjax.models.layers import token_matmul
 from bigjax.models.transformer import REMAT_POLICIES, Attention, Block, Mlp, _init, _Kernel, _norm
 
@@ -37,6 +37,8 @@ class CrossAttention(nn.Module):
   num_heads: int
   head_dim: int
   dtype: jnp.dtype
+  implementation: str = 'auto'  # attention.IMPLEMENTATIONS
+  block_size: int = 512
 
   @nn.compact
   def __call__(self, x, key, value, memory_valid):
@@ -44,7 +46,8 @@ class CrossAttention(nn.Module):
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     w = self.param('query', _init(('embed', 'heads', 'kv'), init), (d_model, self.num_heads, self.head_dim))
     q = token_matmul(x.astype(self.dtype), w.astype(self.dtype))
-    out = attention(q, key, value, memory_valid, causal=False)
+    out = attention(q, key, value, memory_valid, causal=False, implementation=self.implementation,
+                    block_size=self.block_size)
     init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
     w = self.param('out', _init(('heads', 'kv', 'embed'), init), (self.num_heads, self.head_dim, d_model))
     return token_matmul(out.reshape(out.shape[:-2] + (-1,)), w.reshape(-1, d_model).astype(self.dtype))
@@ -119,15 +122,20 @@ class DecoderBlock(nn.Module):
   use_rope: bool
   train: bool = False
   decode: bool = False
+  attention: str = 'auto'
+  attention_block: int = 512
 
   @nn.compact
   def __call__(self, x, positions, key, value, memory_valid):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
     valid = jnp.ones(x.shape[:2], bool)  # targets are padded at the end: causality hides the padding
     self_attention = Attention(self.num_heads, self.num_heads, self.head_dim, self.dtype, self.use_rope,
-                               causal=True, decode=self.decode, name='attention')
+                               causal=True, decode=self.decode, implementation=self.attention,
+                               block_size=self.attention_block, name='attention')
     x = x + drop(self_attention(_norm(self.norm, self.dtype, 'attention_norm')(x), positions, valid))
-    cross = CrossAttention(self.num_heads, self.head_dim, self.dtype, name='cross_attention')
+    cross = CrossAttention(self.num_heads, self.head_dim, self.dtype, name='cross_attention',
+                           implementation=unfused(self.attention) if self.decode else self.attention,
+                           block_size=self.attention_block)
     x = x + drop(cross(_norm(self.norm, self.dtype, 'cross_norm')(x), key, value, memory_valid))
     h = Mlp(self.mlp_hidden, self.mlp, self.dtype, name='mlp')(_norm(self.norm, self.dtype, 'mlp_norm')(x))
     x = x + drop(h)
@@ -169,6 +177,8 @@ class TransformerSeq2Seq(nn.Module):
   remat: str = 'none'
   pad_id: int = 0
   copy: bool = False  # pointer-generator output (see the module docstring)
+  attention: str = 'auto'  # attention.IMPLEMENTATIONS: auto is splash on TPU, cuDNN on GPU
+  attention_block: int = 512  # splash attention's query and key blocks
 
   def _remat(self, block):
     if self.remat != 'none':
@@ -179,7 +189,7 @@ class TransformerSeq2Seq(nn.Module):
     return dict(num_heads=self.num_heads, head_dim=self.d_model // self.num_heads,
                 mlp_hidden=int(self.mlp_ratio * self.d_model), mlp=self.mlp, norm=self.norm,
                 dropout=self.dropout, dtype=jnp.dtype(self.dtype), use_rope=self.positions == 'rope',
-                train=train)
+                train=train, attention=self.attention, attention_block=self.attention_block)
 
   def _embedding(self, name: str) -> nn.Embed:
     return nn.Embed(self.num_outputs, self.d_model, dtype=jnp.dtype(self.dtype), name=name,

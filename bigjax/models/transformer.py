@@ -73,6 +73,8 @@ class Attention(nn.Module):
   causal: bool = True
   decode: bool = False
   query_blocks: int = 1  # causal attention in this many query chunks (see attention.attention)
+  implementation: str = 'auto'  # attention.IMPLEMENTATIONS
+  block_size: int = 512  # splash attention's blocks
 
   @nn.compact
   def __call__(self, x, positions, valid):
@@ -96,9 +98,10 @@ class Attention(nn.Module):
       q, k = rope(q, positions), rope(k, positions)
     if self.decode:
       k, v, valid, first = self._cached(k, v, valid)
-      out = attention(q, k, v, valid, causal=self.causal, first=first)
+      out = attention(q, k, v, valid, causal=self.causal, first=first, implementation=self.implementation)
     else:
-      out = attention(q, k, v, valid, causal=self.causal, blocks=self.query_blocks)
+      out = attention(q, k, v, valid, causal=self.causal, blocks=self.query_blocks,
+                      implementation=self.implementation, block_size=self.block_size)
     w = weight('out', (self.num_heads, self.head_dim, d_model), ('heads', 'kv', 'embed'), (0, 1), 2)
     return token_matmul(out.reshape(out.shape[:-2] + (-1,)), w.reshape(-1, d_model))
 
@@ -170,12 +173,15 @@ class Block(nn.Module):
   train: bool = False
   decode: bool = False
   query_blocks: int = 1
+  attention: str = 'auto'
+  attention_block: int = 512
 
   @nn.compact
   def __call__(self, x, positions, valid):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
     self_attention = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, self.use_rope,
-                               self.causal, self.decode, self.query_blocks, name='attention')
+                               self.causal, self.decode, self.query_blocks, self.attention,
+                               self.attention_block, name='attention')
     h = self_attention(_norm(self.norm, self.dtype, 'attention_norm')(x), positions, valid)
     x = x + drop(h)
     h = Mlp(self.mlp_hidden, self.mlp, self.dtype, name='mlp')(_norm(self.norm, self.dtype, 'mlp_norm')(x))
@@ -205,6 +211,8 @@ class TransformerLM(nn.Module):
   tied_embedding: bool = True
   dropout: float = 0.0
   query_blocks: int = 2  # causal attention in 2 query chunks: exact, a quarter fewer attention FLOPs
+  attention: str = 'auto'  # attention.IMPLEMENTATIONS: auto is splash on TPU, cuDNN on GPU
+  attention_block: int = 512  # splash attention's query and key blocks
   dtype: str = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
   scan_layers: bool = True  # one traced layer, scanned: compile time flat in depth
   remat: str = 'none'  # a REMAT_POLICIES key
@@ -230,7 +238,8 @@ class TransformerLM(nn.Module):
                   head_dim=self.d_model // self.num_heads, mlp_hidden=int(self.mlp_ratio * self.d_model),
                   mlp=self.mlp, norm=self.norm, dropout=self.dropout, dtype=dtype,
                   use_rope=self.positions == 'rope', train=train, decode=decode,
-                  query_blocks=self.query_blocks)
+                  query_blocks=self.query_blocks, attention=self.attention,
+                  attention_block=self.attention_block)
     block = _ScanBlock if self.scan_layers else Block
     if self.remat != 'none':
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
@@ -271,6 +280,8 @@ class TransformerClassifier(nn.Module):
   max_length: int = 512  # learned positions only
   pooling: str = 'mean'  # mean | max, over real tokens
   dropout: float = 0.1
+  attention: str = 'auto'  # attention.IMPLEMENTATIONS
+  attention_block: int = 512
   dtype: str = 'float32'
   pad_id: int = 0
 
@@ -288,7 +299,8 @@ class TransformerClassifier(nn.Module):
     for i in range(self.num_layers):
       x = Block(self.num_heads, self.num_heads, self.d_model // self.num_heads,
                 int(self.mlp_ratio * self.d_model), self.mlp, self.norm, self.dropout, dtype,
-                self.positions == 'rope', causal=False, train=train, name=f'layer_{i}')(x, positions, valid)
+                self.positions == 'rope', causal=False, train=train, attention=self.attention,
+                attention_block=self.attention_block, name=f'layer_{i}')(x, positions, valid)
     x = _norm(self.norm, dtype, 'final_norm')(x).astype(jnp.float32)
     pooled = masked_pool(x, valid, self.pooling)
     return dense(self.num_outputs, ('embed', 'classes'), name='head')(pooled)
