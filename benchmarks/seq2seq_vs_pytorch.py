@@ -27,10 +27,12 @@ bigjax's setup reads the experiment's data set (Debian en-de, prepared by `pytho
 --config=experiments/translate.py:offline`, or in --data_dir) for its shapes and tokenizer; the
 timed batches are random. B and C start from A's initial weights, and the script first checks that
 A and B give the same logits on one batch, so the comparison is between one model. Runs are
-interleaved A B (C) A B (C) ..., each round timing --steps_per_round steps after compilation and
---warmup_steps untimed steps. The summary: each contender's median rate in target tokens per second
-(as many source tokens go in beside them), and `ratio`, the median of the rounds' bigjax / pytorch
-ratios (`ratio_of_median_rates` beside it); >1: bigjax is faster. The last stdout line is JSON:
+interleaved A B (C) A B (C) ..., each round timing --steps_per_round steps after compilation,
+--warmup_steps untimed steps and --warmup_rounds untimed rounds (the heap's steady size; each round's
+log line has its CPU seconds and page faults per step). The summary: each contender's median rate
+in target tokens per second (as many source tokens go in beside them), and `ratio`, the median of
+the rounds' bigjax / pytorch ratios (`ratio_of_median_rates` beside it); >1: bigjax is faster. The last
+stdout line is JSON:
   {"bigjax_tokens_per_s": ..., "pytorch_tokens_per_s": ..., "ratio": ..., "ratio_of_median_rates": ..., ...}
 """
 
@@ -40,6 +42,7 @@ import functools
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -47,6 +50,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # `python benchmarks/seq2seq_vs_pytorch.py` from anywhere
 from bigjax import cpu  # noqa: E402, I001
+from bigjax.cpu import heap  # noqa: E402
+if __name__ == '__main__':
+  heap.restart_with_huge_pages()  # the heap on huge pages for both contenders (bigjax/cpu/heap.py)
 cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.main` sets it: before any
 # library starts threads (bigjax/cpu/heap.py). Both contenders then share it.
 
@@ -75,9 +81,17 @@ def parse_args(argv=None):
   parser.add_argument('--warmup_steps', type=int, default=3,
                       help='untimed steps per contender before the rounds, to reach steady state (heap '
                            'grown, caches and thread pools warm; torch.compile compiles in the first)')
+  parser.add_argument('--warmup_rounds', type=int, default=2,
+                      help='untimed interleaved rounds after the warmup steps, exactly like the timed ones: '
+                           "XLA allocates each queued step's scratch space when the step is dispatched, so "
+                           'the heap reaches its size for a round of queued steps, beside the other '
+                           "contender's allocations, only in a round; the pages it adds then are faulted "
+                           'in, which would be timed')
   args = parser.parse_args(argv)
   if min(args.rounds, args.steps_per_round, args.threads, args.warmup_steps, args.length) < 1:
     parser.error('--rounds, --steps_per_round, --threads, --warmup_steps and --length must be >= 1')
+  if args.warmup_rounds < 0:
+    parser.error('--warmup_rounds must be >= 0')
   if args.batch < 0:
     parser.error('--batch must be >= 1 (or 0: the experiment\'s)')
   return args
@@ -333,6 +347,14 @@ def timed(runner, batches) -> tuple[float, float]:
   return time.perf_counter() - start, loss
 
 
+def process_usage() -> tuple[float, int]:
+  """(CPU seconds, minor page faults) of the whole process so far. The contenders run one at a time,
+  so a run's difference is its own: CPU time is the work done whatever else the machine runs (the
+  wall time is not, on a busy one), and the faults are pages the heap took anew."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
 def build(args, log):
   """The contenders, all at bigjax's initial weights, and the batches they share."""
   config = bigjax_config(args)
@@ -395,16 +417,25 @@ def main(argv=None) -> dict:
 
   tokens_per_step = a.s.batch_size * config.data.target_len  # target tokens: the task's unit
   rates = {name: [] for name in contenders}
-  for r in range(args.rounds):
+  cpu_s = {name: [] for name in contenders}
+  for r in range(-args.warmup_rounds, args.rounds):
     round_batches = batches.take(args.steps_per_round)
-    parts = []
+    parts, round_rates = [], {}
     for name, runner in contenders.items():  # interleaved: drifting machine load hits every contender
+      cpu_start, faults_start = process_usage()
       seconds, loss = timed(runner, round_batches)
-      rates[name].append(tokens_per_step * len(round_batches) / seconds)
-      parts.append(f'{name} {rates[name][-1]:7.1f} tok/s ({seconds / len(round_batches):.2f} s/step, '
-                   f'loss {loss:.4f})')
-    ratio = rates['bigjax'][-1] / rates['pytorch'][-1]
-    log(f'round {r + 1}/{args.rounds}: ' + ' | '.join(parts) + f' | ratio {ratio:.3f}')
+      cpu_end, faults_end = process_usage()
+      steps = len(round_batches)
+      round_rates[name] = tokens_per_step * steps / seconds
+      if r >= 0:
+        rates[name].append(round_rates[name])
+        cpu_s[name].append((cpu_end - cpu_start) / steps)
+      parts.append(f'{name} {round_rates[name]:7.1f} tok/s ({seconds / steps:.2f} s/step, '
+                   f'cpu {(cpu_end - cpu_start) / steps:.2f} s/step, '
+                   f'{(faults_end - faults_start) // steps} faults/step, loss {loss:.4f})')
+    ratio = round_rates['bigjax'] / round_rates['pytorch']
+    label = f'round {r + 1}/{args.rounds}' if r >= 0 else f'warmup round {r + args.warmup_rounds + 1}'
+    log(f'{label}: ' + ' | '.join(parts) + f' | ratio {ratio:.3f}')
   load_end = os.getloadavg()
   log(f'load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}')
 
@@ -412,11 +443,16 @@ def main(argv=None) -> dict:
   result = {'bigjax_tokens_per_s': round(median['bigjax'], 2),
             'pytorch_tokens_per_s': round(median['pytorch'], 2),
             'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
-            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4)}
+            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4),
+            # Diagnostics, not the result: median CPU seconds per step (PyTorch's OpenMP threads count
+            # their spinning in theirs).
+            'bigjax_cpu_s_per_step': round(statistics.median(cpu_s['bigjax']), 3),
+            'pytorch_cpu_s_per_step': round(statistics.median(cpu_s['pytorch']), 3)}
   if args.compile:
     result['pytorch_compile_tokens_per_s'] = round(median['pytorch_compile'], 2)
     result['compile_ratio'] = round(median_ratio(rates['bigjax'], rates['pytorch_compile']), 4)
   result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
+                warmup_rounds=args.warmup_rounds,
                 threads=args.threads, batch=a.s.batch_size, length=args.length,
                 loadavg_start=round(load_start[0], 2), loadavg_end=round(load_end[0], 2))
   print(json.dumps(result), flush=True)

@@ -23,6 +23,14 @@ from since gate and up became one matmul):
   1b     24 x 2048, 16 heads, context 2048      1.28 B       1.9 GB            162 GB: use
          train.grad_accum (or more devices) to fit 80 GB accelerators
 The 124m and larger use SwiGLU, RMSNorm, z-loss, remat (dots_no_batch) and scanned layers.
+
+What they need on TPU: the smallest v5e and v5p slices on which the train step fits with the
+default mesh (fsdp over every chip), bf16 and splash attention, and its bytes per chip, from
+`--dry_run --topology=SLICE` on a 2-core CPU (libtpu 0.0.42.1, requirements-tpu.txt):
+  124m   v5e:4x4 (16 chips): 9.1 of 16 GiB                  v5p:2x2x1 (4 chips): 36.1 of 95 GiB
+  350m   v5e:4x4 (16 chips): 14.4 of 16 GiB            v5p:2x2x1 (4 chips): 56.4 of 95 GiB
+  1b     v5e:8x8 (64 chips): 11.3 of 16 GiB            v5p:2x2x2 (8 chips): 89.1 of 95 GiB
+Each smaller slice of the same generation ran out of HBM (124m on v5e:2x4: 18.1 GiB).
 """
 
 import ml_collections

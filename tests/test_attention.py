@@ -126,6 +126,7 @@ print(json.dumps(errors))
 '''
 
 
+@pytest.mark.slow  # 25-50 s: a subprocess of 8 simulated devices, interpreted kernels
 def test_splash_attention_sharded_over_batch_and_heads_equals_xla():
   """Under a (data, fsdp=2, tensor=4) mesh of simulated devices splash runs in shard_map, one
   device's examples and heads each; with fewer key/value heads than the tensor axis, each device
