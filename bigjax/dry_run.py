@@ -41,38 +41,67 @@ def _dataset(config) -> data.Dataset:
     return data.placeholder(config.data, rows=max(config.train.batch_size, 1))
 
 
+def _compile(s: train.Setup, config):
+  with sharding.active(s.mesh, s.rules):
+    return train.compile_train_step(s, config)[1]
+
+
+def _program(s: train.Setup, config, compiled, chip) -> dict:
+  """What the compiled step holds and costs, per device; with a TPU chip, whether it fits and its
+  collectives and roofline."""
+  memory = compiled.memory_analysis()
+  total = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+              + memory.temp_size_in_bytes)
+  xla = flops.xla_flops(compiled, s.mesh.size)
+  out = {'per_device_bytes': {'params': _per_device_bytes(s.abstract_state.params),
+                              'opt_state': _per_device_bytes(s.abstract_state.opt_state),
+                              'temp': int(memory.temp_size_in_bytes), 'total': total},
+         'flops_per_step': xla, 'flops_per_device': xla / s.mesh.size}
+  if chip:  # the TPU compiler refuses most programs that do not fit; this catches the rest
+    out.update(fits=total <= chip.hbm_bytes,
+               **topology.estimate(chip, s.mesh.size, compiled, train.model_flops(s, config, xla)))
+  return out
+
+
+def _with_accumulation(s: train.Setup, config, chip) -> dict | None:
+  """The step with train.grad_accum doubled until it fits the chip (a batch's activations split
+  into micro-batches), and that grad_accum; None if no split of the batch fits."""
+  accum = config.train.grad_accum
+  while s.batch_size % (sharding.batch_split(s.mesh) * accum * 2) == 0:
+    accum *= 2
+    logging.info('The step does not fit; compiling it with train.grad_accum=%d.', accum)
+    smaller = config.copy_and_resolve_references()
+    smaller.train.grad_accum = accum
+    try:
+      program = _program(s, smaller, _compile(s, smaller), chip)
+    except jax.errors.JaxRuntimeError as e:
+      if topology.out_of_memory(str(e)) is None:
+        raise
+      continue
+    if program['fits']:
+      return {'train.grad_accum': accum, **program}
+  return None
+
+
 def report(config, topology_name: str = '') -> dict:
   devices = topology.devices(topology_name) if topology_name else None
+  chip = topology.parse(topology_name)[0] if topology_name else None
   s = train.setup(config, dataset=_dataset(config), devices=devices)
-  state = s.abstract_state
-  out = {
-      'devices': s.mesh.size,
-      'mesh': dict(s.mesh.shape),
-      'params': sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
-      'per_device_bytes': {'params': _per_device_bytes(state.params),
-                           'opt_state': _per_device_bytes(state.opt_state)},
-  }
-  if topology_name:
-    chip, _ = topology.parse(topology_name)
+  out = {'devices': s.mesh.size, 'mesh': dict(s.mesh.shape),
+         'params': sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))}
+  if chip:
     out = {'topology': topology_name, 'device_kind': devices[0].device_kind, **out,
            'hbm_bytes': chip.hbm_bytes}
   try:
-    with sharding.active(s.mesh, s.rules):
-      _, compiled = train.compile_train_step(s, config)
+    out.update(_program(s, config, _compile(s, config), chip))
   except jax.errors.JaxRuntimeError as e:
-    too_big = topology.out_of_memory(str(e)) if topology_name else None
+    too_big = topology.out_of_memory(str(e)) if chip else None
     if too_big is None:
       raise
-    out['per_device_bytes']['temp'], out['usable_hbm_bytes'] = too_big  # the compiler's figures
-    return {**out, 'fits': False}
-  memory = compiled.memory_analysis()
-  xla = flops.xla_flops(compiled, s.mesh.size)
-  out['per_device_bytes'].update(
-      temp=int(memory.temp_size_in_bytes),
-      total=int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-                + memory.temp_size_in_bytes))
-  out.update(flops_per_step=xla, flops_per_device=xla / s.mesh.size)
-  if topology_name:  # the TPU compiler refuses most programs that do not fit; this catches the rest
-    out.update(fits=out['per_device_bytes']['total'] <= chip.hbm_bytes,
-               **topology.estimate(chip, s.mesh.size, compiled, train.model_flops(s, config, xla)))
+    out['per_device_bytes'] = {'params': _per_device_bytes(s.abstract_state.params),
+                               'opt_state': _per_device_bytes(s.abstract_state.opt_state),
+                               'temp': too_big[0]}  # the compiler's figures: there is no program
+    out.update(usable_hbm_bytes=too_big[1], fits=False)
+  if chip and not out['fits']:
+    out['fits_with'] = _with_accumulation(s, config, chip)
   return out

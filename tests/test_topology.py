@@ -34,11 +34,17 @@ def test_the_lm_compiles_for_a_v5e_slice_with_splash_attention(data_dir):
   assert 0 < report['mfu_at_most'] <= 1
 
 
+@pytest.mark.slow  # 30-50 s: three TPU compiles (the step, then grad_accum 2 that fits)
 def test_a_step_that_does_not_fit_is_a_result_not_an_error(data_dir):
+  """And the report says which train.grad_accum would make it fit, with that step's figures."""
   report = _report(data_dir, '--topology=v5e:2x2', '--config.train.batch_size=16384')
   assert report['fits'] is False
   assert report['per_device_bytes']['temp'] > report['hbm_bytes'] > report['usable_hbm_bytes'] > 15 * 2**30
   assert report['per_device_bytes']['params'] * 4 >= report['params'] > 1_000_000  # fsdp over 4
+  fits_with = report['fits_with']
+  assert fits_with['train.grad_accum'] == 2 and fits_with['fits'] is True
+  assert fits_with['per_device_bytes']['total'] <= report['hbm_bytes'] < report['per_device_bytes']['temp']
+  assert fits_with['collectives'] and fits_with['mfu_at_most'] > 0
 
 
 def test_an_unknown_topology_is_a_one_line_error(data_dir):
