@@ -102,7 +102,7 @@ def test_causal_query_blocks_change_no_number():
   assert not np.allclose(logits[1][valid], logits[1][valid][::-1], atol=1e-3)  # the logits say something
 
 
-@pytest.mark.parametrize('mlp', ['gelu', 'swiglu'])
+@pytest.mark.parametrize('mlp', [pytest.param('gelu', marks=pytest.mark.slow), 'swiglu'])  # CI's budget
 def test_remat_policies_recompute_only_what_they_say(mlp):
   """'dots' keeps every matmul's output, 'dots_no_batch' all but the attention's batched ones
   (scores and values, two query blocks: 4 a layer): counted as dot_generals in the gradient's

@@ -83,6 +83,7 @@ def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, at
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # 15-25 s; CI keeps the determinism of a onednn run, and resume is tested for XLA's matmuls
 def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_dir, tmp_path, caplog):
   config = tiny_lm_config(data_dir, cpu_matmul='onednn', steps=12, eval_every=0, log_every=4)
   config.checkpoint.update({'every': 4, 'keep': 5})
