@@ -37,6 +37,24 @@ def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> 
   return 6 * num_params + 12 * model_config['num_layers'] * model_config['d_model'] * seq_len
 
 
+def seq2seq_flops_per_example(model_config, num_params: int, source_len: int, target_len: int) -> float:
+  """The encoder-decoder's 6N, counting each weight once per token that passes it: encoder layers
+  per source token, decoder layers and the output logits per target token (the embedding lookups
+  are no FLOPs); plus 12 L d T S for self- and cross-attention scores and values. The copy head's
+  small matmuls are left out. model_config: a mapping with every field (defaults filled in)."""
+  d, ratio = model_config['d_model'], model_config['mlp_ratio']
+  encoder_layers = model_config['num_layers']
+  decoder_layers = model_config['num_decoder_layers'] or encoder_layers
+  mlp = (3 if model_config['mlp'] == 'swiglu' else 2) * ratio * d * d
+  encoder_layer, decoder_layer = 4 * d * d + mlp, 8 * d * d + mlp  # q, k, v, out; and cross-attention's
+  tables = 3 - bool(model_config['shared_embedding']) - bool(model_config['tied_embedding'])
+  output = (num_params - encoder_layers * encoder_layer - decoder_layers * decoder_layer) / tables
+  weights = (source_len * encoder_layers * encoder_layer
+             + target_len * (decoder_layers * decoder_layer + output))
+  attention = encoder_layers * source_len**2 + decoder_layers * target_len * (target_len + source_len)
+  return 6 * weights + 12 * d * attention
+
+
 def lstm_flops_per_token(model_config) -> float:
   """6 x (inputs + H) x 4H per direction and layer: the input and recurrent matmuls, forward and
   backward (the gates' arithmetic and the head are small beside them). Counted here because XLA

@@ -246,8 +246,9 @@ def _data_parallel(grads_and_metrics, mesh):
 def model_flops(s: Setup, config, xla_flops: float) -> float:
   """One step's model FLOPs (flops.py's convention), or XLA's count for a model without a formula."""
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(s.abstract_state.params))
-  example_shape = _example_batch(s.dataset)['inputs'].shape[1:]
-  per_example = models.flops_per_example(config.model, num_params, example_shape)
+  example = _example_batch(s.dataset)
+  targets = example['targets'].shape[1:] if 'targets' in example else None
+  per_example = models.flops_per_example(config.model, num_params, example['inputs'].shape[1:], targets)
   return per_example * s.batch_size if per_example else xla_flops
 
 

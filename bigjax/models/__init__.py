@@ -90,17 +90,21 @@ def check_config(model_config) -> None:
 
 
 # Model FLOPs per example for utilization figures; models not here use XLA's count.
+# Each takes (model_config, num_params, input_shape, target_shape); target_shape: pairs only.
 FLOPS_PER_EXAMPLE = {
-    'transformer_lm': lambda model_config, num_params, input_shape: flops.transformer_flops_per_token(
-        _with_defaults(model_config), num_params, input_shape[0]) * input_shape[0],
-    'lstm_classifier': lambda model_config, num_params, input_shape: flops.lstm_flops_per_token(
-        _with_defaults(model_config)) * input_shape[0],
+    'transformer_lm': lambda model_config, num_params, inputs, targets: flops.transformer_flops_per_token(
+        _with_defaults(model_config), num_params, inputs[0]) * inputs[0],
+    'lstm_classifier': lambda model_config, num_params, inputs, targets: flops.lstm_flops_per_token(
+        _with_defaults(model_config)) * inputs[0],
+    'transformer_seq2seq': lambda model_config, num_params, inputs, targets: flops.seq2seq_flops_per_example(
+        _with_defaults(model_config), num_params, inputs[0], targets[0]),
 }
 
 
-def flops_per_example(model_config, num_params: int, input_shape) -> float | None:
+def flops_per_example(model_config, num_params: int, input_shape, target_shape=None) -> float | None:
+  """target_shape: a pair model's target tokens (the others read only the inputs)."""
   fn = FLOPS_PER_EXAMPLE.get(model_config.name)
-  return fn(model_config, num_params, input_shape) if fn else None
+  return fn(model_config, num_params, input_shape, target_shape) if fn else None
 
 
 def build(model_config, num_outputs: int, vocab_size: int = 0) -> nn.Module:
