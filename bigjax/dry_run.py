@@ -30,6 +30,11 @@ def _per_device_bytes(abstract_tree) -> int:
              for x in jax.tree.leaves(abstract_tree))
 
 
+def _state_bytes(s: train.Setup) -> dict:
+  return {'params': _per_device_bytes(s.abstract_state.params),
+          'opt_state': _per_device_bytes(s.abstract_state.opt_state)}
+
+
 def _dataset(config) -> data.Dataset:
   try:
     return data.load(config.data)
@@ -53,9 +58,7 @@ def _program(s: train.Setup, config, compiled, chip) -> dict:
   total = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
               + memory.temp_size_in_bytes)
   xla = flops.xla_flops(compiled, s.mesh.size)
-  out = {'per_device_bytes': {'params': _per_device_bytes(s.abstract_state.params),
-                              'opt_state': _per_device_bytes(s.abstract_state.opt_state),
-                              'temp': int(memory.temp_size_in_bytes), 'total': total},
+  out = {'per_device_bytes': {**_state_bytes(s), 'temp': int(memory.temp_size_in_bytes), 'total': total},
          'flops_per_step': xla, 'flops_per_device': xla / s.mesh.size}
   if chip:  # the TPU compiler refuses most programs that do not fit; this catches the rest
     out.update(fits=total <= chip.hbm_bytes,
@@ -98,9 +101,7 @@ def report(config, topology_name: str = '') -> dict:
     too_big = topology.out_of_memory(str(e)) if chip else None
     if too_big is None:
       raise
-    out['per_device_bytes'] = {'params': _per_device_bytes(s.abstract_state.params),
-                               'opt_state': _per_device_bytes(s.abstract_state.opt_state),
-                               'temp': too_big[0]}  # the compiler's figures: there is no program
+    out['per_device_bytes'] = {**_state_bytes(s), 'temp': too_big[0]}  # the compiler's: there is no program
     out.update(usable_hbm_bytes=too_big[1], fits=False)
   if chip and not out['fits']:
     out['fits_with'] = _with_accumulation(s, config, chip)
