@@ -46,6 +46,18 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+def _augment_config() -> ml_collections.ConfigDict:
+  """Image datasets: train-time augmentation on the host, each random choice drawn from
+  (seed, step, example), and the eval transform (bigjax/data/images.py)."""
+  return ml_collections.ConfigDict({
+      'crop': 'none',  # none | random_resized (Inception-style) | pad (pad, then a random crop)
+      'image_size': 0,  # train crops and eval centre crops are this size; 0: as stored
+      'crop_scale': (0.08, 1.0),  # random_resized: the crop's share of the image area
+      'pad': 4,  # pad: pixels on each side
+      'flip': False,  # random horizontal flips
+  })
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # one seed: init, dropout and data order all derive from it
@@ -54,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.name = 'classification'
   c.task.loss = 'cross_entropy'  # cross_entropy | mse | binary_cross_entropy
   c.task.label_smoothing = 0.0
+  # Classification on images: mix each train example with another (the batch reversed), on the
+  # device, with soft targets. Beta(alpha, alpha) mixing weights; 0 turns each off. With both,
+  # each step picks one at random.
+  c.task.mixup = 0.0
+  c.task.cutmix = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'  # the remaining model.* fields go to the model's constructor
@@ -63,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   # None means TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
   c.data.data_dir = config_dict.placeholder(str)
   c.data.in_memory = True  # read each split into host memory once; False for datasets that do not fit
+  # grain worker processes that read (decode, augment) train batches; 0: one thread in this process,
+  # which is faster for small in-memory images.
+  c.data.workers = 0
+  c.data.prefetch = 2  # train batches read ahead (per worker, with workers)
+  c.data.augment = _augment_config()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'  # sgd | momentum | nesterov | adam | adamw
@@ -146,6 +168,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   pairs = bool(data.DATASETS[config.data.name].target_feature)
   need(pairs == (config.task.name == 'seq2seq'), 'task.name',
        'use seq2seq for a text pair dataset (and a pair dataset for seq2seq)')
+  multi_label = data.DATASETS[config.data.name].multi_label
+  need(multi_label == (config.task.name == 'multilabel'), 'task.name',
+       'use multilabel for a multi-label dataset (and a multi-label dataset for multilabel)')
   tasks.TASKS[config.task.name].check_config(config.task)
   check_choice(config.model, 'model', 'name', models.MODELS)
   models.check_config(config.model)
@@ -189,12 +214,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'parallel.mode=shard_map replicates the weights: use mesh.fsdp=1 (mesh.data), or parallel.mode=auto')
 
 
-# Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives,
-# which library runs the CPU matmuls (the same math, rounded in another order).
+# Fields a resumed run may change: how long, how often to log, evaluate and save, where data lives and
+# how many processes read it (the same batches), which library runs the CPU matmuls (the same math,
+# rounded in another order).
 SAFE_CHANGES = ('train.steps', 'train.eval_every', 'train.log_every', 'train.peak_flops',
                 'train.on_nonfinite', 'train.cpu_matmul', 'checkpoint.every', 'checkpoint.keep',
                 'checkpoint.on_corrupt', 'checkpoint.init_from', 'checkpoint.allow_config_change',
-                'data.data_dir', 'data.source_dir', 'task.eval_generate_examples', 'debug.nan_at_step')
+                'data.data_dir', 'data.source_dir', 'data.workers', 'data.prefetch',
+                'task.eval_generate_examples', 'debug.nan_at_step')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:

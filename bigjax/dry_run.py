@@ -1,9 +1,9 @@
 """`--dry_run`: compile the train step for the configured mesh, and report memory and FLOPs.
 
 Nothing is trained or allocated beyond compilation: the state and batch are
-abstract (shapes, dtypes and shardings). A text dataset that is not prepared here
-is replaced by a placeholder of the configured shapes and vocabulary, since
-compiling needs no text. Run it with simulated devices to learn whether a config
+abstract (shapes, dtypes and shardings). A text or image dataset that is not prepared
+here is replaced by a placeholder of the configured shapes (and vocabulary), since
+compiling needs no data. Run it with simulated devices to learn whether a config
 fits before getting the hardware:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bigjax.main \
@@ -38,11 +38,12 @@ def _state_bytes(s: train.Setup) -> dict:
 def _dataset(config) -> data.Dataset:
   try:
     return data.load(config.data)
-  except ConfigError as e:
-    if not data.DATASETS[config.data.name].text_feature:
+  except ConfigError:
+    spec = data.DATASETS[config.data.name]
+    if not (spec.text_feature or spec.image_shape):
       raise
-    logging.warning('%s; compiling with a placeholder of the configured shapes instead.',
-                    str(e).split(':')[0])
+    logging.warning('%s is not prepared here: compiling with a placeholder of the configured shapes.',
+                    spec.tfds_name)
     return data.placeholder(config.data, rows=max(config.train.batch_size, 1))
 
 

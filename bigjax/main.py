@@ -1,7 +1,7 @@
 """bigjax's entry point.
 
   python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
-      [--workdir=runs/digits] [--mode=train|eval|sample|predict|generate] [--dry_run]
+      [--workdir=runs/digits] [--mode=train|eval|sample|predict|generate|explain] [--dry_run]
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Bad input (an unknown field, a wrong type, a missing config file, an invalid
@@ -24,18 +24,33 @@ from bigjax.config import ConfigError, RunStopped, fail, validate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'sample', 'predict', 'generate'],
+    'mode', 'train', ['train', 'eval', 'sample', 'predict', 'generate', 'explain'],
     'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test) | '
     'sample (a language model continues --prompt) | predict (a text classifier labels each --text) | '
-    'generate (a translation or summarization model decodes each --text).')
+    'generate (a translation or summarization model decodes each --text) | '
+    'explain (attribution maps of a classifier\'s inputs into WORKDIR/explain/).')
 _PROMPT = flags.DEFINE_string('prompt', '', '--mode=sample: the text to continue.')
-_TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict|generate: a text to classify, translate or '
-                                  'summarize (repeat for more).')
+_TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict|generate|explain: a text to classify, '
+                                  'translate, summarize or explain (repeat for more).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 3, '--mode=sample: continuations to print.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, '--mode=sample: tokens per continuation.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '--mode=sample: 0 is greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 40, '--mode=sample: keep the k likeliest tokens (0: all).')
 _TOP_P = flags.DEFINE_float('top_p', 0.95, '--mode=sample: keep the smallest set with this mass (1: all).')
+# --mode=explain (bigjax/explain.py): which inputs, which method.
+_IMAGE = flags.DEFINE_string('image', '', '--mode=explain: an image file (else --text, else --split).')
+_SPLIT = flags.DEFINE_string('split', 'test', '--mode=explain: explain the first --num_examples of it.')
+_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 4, '--mode=explain: examples of --split.')
+_METHOD = flags.DEFINE_enum('method', 'integrated_gradients',
+                            ['integrated_gradients', 'smoothgrad', 'gradient_x_input', 'attention_rollout'],
+                            '--mode=explain: the attribution method.')
+_TARGET = flags.DEFINE_integer('target', -1, '--mode=explain: the class explained (-1: the predicted one).')
+_STEPS = flags.DEFINE_integer('steps', 64, '--method=integrated_gradients: steps along the path.')
+_BASELINE = flags.DEFINE_enum('baseline', 'auto', ['auto', 'black', 'zeros', 'blur'],
+                              '--mode=explain: the input meaning "no evidence"; auto: black for images, '
+                              'zeros (a zero embedding) for text.')
+_NOISE = flags.DEFINE_float('noise', 0.15, '--method=smoothgrad: noise std, a fraction of the input range.')
+_SAMPLES = flags.DEFINE_integer('samples', 32, '--method=smoothgrad: noisy copies averaged.')
 
 
 _DRY_RUN = flags.DEFINE_bool(
@@ -165,6 +180,28 @@ def _compile_only_host(name: str) -> None:
     sys.modules['jax'].config.update('jax_platforms', 'cpu')
 
 
+def _sample(config, workdir: str) -> None:
+  if _NUM_SAMPLES.value < 1 or _MAX_NEW_TOKENS.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 \
+      or not 0 < _TOP_P.value <= 1:
+    raise ConfigError('--num_samples and --max_new_tokens must be >= 1, --temperature >= 0, '
+                      '--top_k >= 0 and 0 < --top_p <= 1')
+  from bigjax import decode
+  for text in decode.sample_checkpoint(
+      config, workdir, _PROMPT.value, num_samples=_NUM_SAMPLES.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+      top_p=_TOP_P.value):
+    print(f'--- {_PROMPT.value}{text}', flush=True)
+
+
+def _explain(config, workdir: str) -> None:
+  from bigjax import explain
+  request = explain.Request(_METHOD.value, _STEPS.value, _BASELINE.value, _NOISE.value, _SAMPLES.value,
+                            _TARGET.value, _IMAGE.value, tuple(_TEXT.value), _SPLIT.value,
+                            _NUM_EXAMPLES.value)
+  for line in explain.explain_checkpoint(config, workdir, request):
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
 def run_mode(config, workdir: str) -> None:
   """What --mode (or --dry_run) asks for; raises ConfigError for bad input."""
   from bigjax import train  # jax, flax and TFDS load only for valid input
@@ -174,16 +211,7 @@ def run_mode(config, workdir: str) -> None:
   elif _MODE.value == 'train':
     train.train_and_evaluate(config, workdir)
   elif _MODE.value == 'sample':
-    if _NUM_SAMPLES.value < 1 or _MAX_NEW_TOKENS.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0 \
-        or not 0 < _TOP_P.value <= 1:
-      raise ConfigError('--num_samples and --max_new_tokens must be >= 1, --temperature >= 0, '
-                        '--top_k >= 0 and 0 < --top_p <= 1')
-    from bigjax import decode
-    for text in decode.sample_checkpoint(
-        config, workdir, _PROMPT.value, num_samples=_NUM_SAMPLES.value,
-        max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-        top_p=_TOP_P.value):
-      print(f'--- {_PROMPT.value}{text}', flush=True)
+    _sample(config, workdir)
   elif _MODE.value == 'predict':
     if not _TEXT.value:
       raise ConfigError('--mode=predict needs at least one --text="..." to classify')
@@ -196,6 +224,8 @@ def run_mode(config, workdir: str) -> None:
     from bigjax import predict
     for line in predict.generate_checkpoint(config, workdir, _TEXT.value):
       print(json.dumps(line, ensure_ascii=False), flush=True)
+  elif _MODE.value == 'explain':
+    _explain(config, workdir)
   else:
     train.evaluate_checkpoint(config, workdir)
 

@@ -17,6 +17,12 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None):
   return true.T @ pred
 
 
+def in_top_k(logits, labels, k: int):
+  """1.0 where the label is among the k highest logits (ties counted for the label), else 0.0."""
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  return ((logits > label_logit).sum(axis=-1) < k).astype(jnp.float32)
+
+
 def _safe_divide(a, b):
   return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 

@@ -156,6 +156,7 @@ def make_train_step(s: Setup, config, compiler_options=None):
 
   def train_step(state: TrainState, batch):
     rngs = fold_rngs(keys, state.step)  # a resumed run continues the same sequence
+    batch = s.task.augment(batch, rngs['augment'])  # on the whole global batch, before micro-batches
     grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rngs)
     if nan_at_step > 0:  # debug: that step's loss, and so its gradient, is NaN
       poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)  # steps count from 1 in the logs
@@ -339,7 +340,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # The data resumes from the step: batch i is a function of i alone, on any number of hosts.
       train_iter = pipeline.train_iterator(
           s.dataset.splits['train'], s.dataset.preprocess, s.batch_size, config.seed,
-          sharding.host_batch_rows(s.mesh, s.batch_size), bucket=config.data.get('bucket', 0), start=step)
+          sharding.host_batch_rows(s.mesh, s.batch_size), bucket=config.data.get('bucket', 0), start=step,
+          augment=s.dataset.augment, workers=config.data.workers, prefetch=config.data.prefetch)
       state, eval_metrics = _train_loop(s, config, state, step, train_iter=train_iter, mngr=mngr,
                                         writer=writer, evaluate=evaluate_split)
     finally:  # also when stopped: a checkpoint being written completes

@@ -1,13 +1,18 @@
-"""ResNet-20 with BatchNorm on TFDS CIFAR-10 (45,000 train / 5,000 validation / 10,000 test).
+"""ResNet-20 with BatchNorm on TFDS CIFAR-10 (45,000 train / 5,000 validation / 10,000 test), with the
+standard augmentation: 4 pixels of padding, a random 32x32 crop, random horizontal flips.
 
 Needs CIFAR-10 prepared as ArrayRecord once, on a machine with network:
   tfds build cifar10 --file_format=array_record --data_dir=DIR
 
   python -m bigjax.main --config=experiments/cifar10_resnet.py --config.data.data_dir=DIR
+  python -m bigjax.main --config=experiments/cifar10_resnet.py --config.data.data_dir=DIR \
+      --config.model.stage_sizes='(9, 9, 9)' --config.task.cutmix=1.0   # ResNet-56 with cutmix
 
-Not yet run here (no network to fetch CIFAR-10, and 2 CPU cores); tests run the
-same code on tfds.testing.mock_data. Without data augmentation (not built yet)
-expect roughly 85-88% test accuracy: a target to confirm, not a measured claim.
+Not run here (no network to fetch CIFAR-10, and 2 CPU cores); tests run the same code on
+tfds.testing.mock_data, including a run killed and resumed mid-way that ends bitwise equal to an
+unbroken one. Targets from the literature, to confirm, not measured claims: ResNet-20 with this
+augmentation about 91-92% test accuracy (He et al. 2016: 91.25%); 93-95% takes more depth
+(ResNet-56: 93.0%, ResNet-110: 93.6%) or cutmix/mixup on top (about +1%).
 """
 
 from bigjax.config import base_config
@@ -19,6 +24,9 @@ def get_config():
   config.model.name = 'resnet'
   config.model.stage_sizes = (3, 3, 3)  # ResNet-20 (He et al., 2016, section 4.2)
   config.model.width = 16
+  config.data.augment.crop = 'pad'
+  config.data.augment.pad = 4
+  config.data.augment.flip = True
   config.optim.name = 'nesterov'
   config.optim.lr = 0.1
   config.optim.momentum = 0.9

@@ -2,8 +2,8 @@
 
   python -m bigjax.main --config=experiments/digits_cnn.py --workdir=runs/digits_cnn
 
-Result (2026-11-28, 2-core x86_64 CPU, no GPU): test accuracy 0.9833, macro F1 0.9845,
-eval accuracy 0.9833, in 34 s wall time (about 67 steps/s). Bitwise repeatable.
+Result (2-core Xeon with AVX-512, no GPU; digits normalized by their train split's mean and std):
+test accuracy 0.9861, macro F1 0.9864, in 26 s wall time. Bitwise repeatable.
 """
 
 from bigjax.config import base_config

@@ -2,8 +2,8 @@
 
   python -m bigjax.main --config=experiments/digits_mlp.py --workdir=runs/digits
 
-Result (2026-11-28, 2-core x86_64 CPU, no GPU): test accuracy 0.9778, macro F1 0.9795,
-eval accuracy 0.9833, in 14 s wall time (about 270 steps/s). Bitwise repeatable.
+Result (2-core Xeon with AVX-512, no GPU; digits normalized by their train split's mean and std):
+test accuracy 0.9833, macro F1 0.9846, in 11 s wall time. Bitwise repeatable.
 """
 
 from bigjax.config import base_config

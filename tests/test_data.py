@@ -74,7 +74,7 @@ def test_eval_batches_cover_each_example_once(data_dir):
 
 
 def test_preprocess_scales_images():
-  batch = data.images_to_inputs({'image': np.array([[[[0]], [[255]]]], np.uint8), 'label': np.array([7])})
+  batch = data.images.to_inputs({'image': np.array([[[[0]], [[255]]]], np.uint8), 'label': np.array([7])})
   np.testing.assert_allclose(batch['inputs'].ravel(), [-2.0, 2.0])
   assert batch['inputs'].dtype == np.float32 and batch['label'].dtype == np.int32
 

@@ -13,6 +13,13 @@ runs in the same workdir read text exactly as training did.
 - Text classification: each text truncated to its first seq_len tokens and padded
   with the pad id; a batch is {'inputs': (B, seq_len) ids, 'label': (B,)}.
 - Text pairs (a `target_feature`: translation, summarization): see bigjax/data/pairs.py.
+
+Image datasets (a `mean` and `std`) are normalized with their own channel statistics. Those
+whose images vary in size (ImageNet, Pascal VOC: `image_shape` with None) are read as lists
+of images, decoded by TFDS (PIL, no TensorFlow), and cropped per example to
+data.augment.image_size: by the train augmentation (images.py), or by the eval transform
+(central crop, resize) in `preprocess`. Multi-label datasets (`multi_label`, Pascal VOC)
+give a (B, num_classes) float32 multi-hot 'label'.
 """
 
 import importlib
@@ -29,13 +36,17 @@ from jax.experimental import multihost_utils
 
 from bigjax import files
 from bigjax.config import ConfigError, check, check_choice
-from bigjax.data import debian, digits, pairs, pipeline, python_stdlib, stdlib_snippets, tokenizers
-
-
-def images_to_inputs(batch: dict) -> dict:
-  """uint8 images (B, H, W, C) -> float32 inputs centred near 0, and int32 labels."""
-  inputs = (batch['image'].astype(np.float32) / 255.0 - 0.5) / 0.25
-  return {'inputs': inputs, 'label': batch['label'].astype(np.int32)}
+from bigjax.data import (
+  debian,
+  digits,
+  digits_multilabel,
+  images,
+  pairs,
+  pipeline,
+  python_stdlib,
+  stdlib_snippets,
+  tokenizers,
+)
 
 
 class DatasetSpec(NamedTuple):
@@ -49,16 +60,42 @@ class DatasetSpec(NamedTuple):
   target_feature: str | None = None  # text pairs: the target text (text_feature is the source)
   builder_config: str | None = None  # offline builders with several configs (language pairs)
   module: str | None = None  # a TFDS module that registers the builder (not imported by tfds itself)
+  multi_label: bool = False  # 'label' is a multi-hot vector over num_classes (task.name='multilabel')
+  # Images: per-channel mean and std of x / 255 (the train split's, or the ones the literature uses),
+  # and the stored (H, W, C), None where sizes vary (read as lists, cropped per example).
+  mean: tuple | None = None
+  std: tuple | None = None
+  image_shape: tuple | None = None
+  record: Callable | None = None  # a source example -> the features kept (default: all)
+  large: bool = False  # does not fit in host memory: read with data.in_memory=False
 
 
 _SPLITS = {'train': 'train', 'eval': 'validation', 'test': 'test'}  # ours -> TFDS's
+_VOC = dict(mean=images.IMAGENET_MEAN, std=images.IMAGENET_STD, image_shape=(None, None, 3),
+            record=images.voc_record, multi_label=True)
 DATASETS = {
-    'digits': DatasetSpec('digits', _SPLITS,
-                          10, images_to_inputs, builder=digits.Digits),
+    'digits': DatasetSpec('digits', _SPLITS, 10, images.to_inputs, builder=digits.Digits,
+                          mean=(0.3054,), std=(0.3764,), image_shape=(8, 8, 1)),  # its train split's
+    'digits_multilabel': DatasetSpec('digits_multilabel', _SPLITS, 10, images.multi_hot_to_inputs,
+                                     builder=digits_multilabel.DigitsMultilabel, multi_label=True,
+                                     image_shape=(16, 16, 1)),
     'mnist': DatasetSpec('mnist', {'train': 'train[:55000]', 'eval': 'train[55000:]', 'test': 'test'},
-                         10, images_to_inputs),
+                         10, images.to_inputs, mean=(0.1307,), std=(0.3081,), image_shape=(28, 28, 1)),
     'cifar10': DatasetSpec('cifar10', {'train': 'train[:45000]', 'eval': 'train[45000:]', 'test': 'test'},
-                           10, images_to_inputs),
+                           10, images.to_inputs, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                           image_shape=(32, 32, 3), record=images.image_and_label),
+    # ImageNet (ILSVRC 2012, manual download): 1% of train held out for model selection (big_vision's
+    # minival); test is the validation set, on which the literature reports.
+    'imagenet2012': DatasetSpec('imagenet2012', {'train': 'train[:99%]', 'eval': 'train[99%:]',
+                                                 'test': 'validation'},
+                                1000, images.to_inputs, mean=images.IMAGENET_MEAN, std=images.IMAGENET_STD,
+                                image_shape=(None, None, 3), record=images.image_and_label, large=True),
+    # Pascal VOC classification, multi-label over 20 classes, ImageNet's statistics (its usual models
+    # are ImageNet's). 2007's test labels are public; 2012's are not, so its validation set is halved.
+    'voc2007': DatasetSpec('voc/2007', _SPLITS, images.VOC_CLASSES, images.to_inputs, **_VOC),
+    'voc2012': DatasetSpec('voc/2012', {'train': 'train', 'eval': 'validation[:50%]',
+                                        'test': 'validation[50%:]'},
+                           images.VOC_CLASSES, images.to_inputs, **_VOC),
     'imdb_reviews': DatasetSpec('imdb_reviews',
                                 {'train': 'train[:90%]', 'eval': 'train[90%:]', 'test': 'test'},
                                 2, None, text_feature='text', label_feature='label'),
@@ -95,6 +132,9 @@ class Dataset(NamedTuple):
   preprocess: Callable
   tokenizer: object = None  # text datasets only
   class_names: tuple = ()  # for per-class figures in logs; empty when the data names none
+  # Image datasets with data.augment on: (batch, seed, step, global rows) -> batch, the host-side train
+  # transform applied before preprocess (images.augment); None when off.
+  augment: Callable | None = None
 
 
 def _data_dir_for_humans(data_dir) -> str:
@@ -113,7 +153,10 @@ def _prepare_offline(spec: DatasetSpec, data_config) -> None:
 
 def _class_names(source) -> tuple:
   features = source.dataset_info.features if hasattr(source, 'dataset_info') else {}
-  names = getattr(features['label'], 'names', None) if 'label' in features else None
+  label = features['label'] if 'label' in features else None
+  if label is None and 'labels' in features:  # multi-label (Pascal VOC): a Sequence of a ClassLabel
+    label = getattr(features['labels'], 'feature', None)
+  names = getattr(label, 'names', None)
   return tuple(names) if names and not all(n.isdigit() for n in names) else ()  # '0'..'9' says nothing
 
 
@@ -179,11 +222,23 @@ class _PlaceholderTokenizer(NamedTuple):
     return np.ones(self.vocab_size, np.int32)
 
 
+def _image_placeholder(spec: DatasetSpec, data_config, rows: int) -> Dataset:
+  size = data_config.augment.image_size
+  shape = (size, size, spec.image_shape[-1]) if size else spec.image_shape
+  label = np.zeros((rows, spec.num_classes), np.float32) if spec.multi_label else np.zeros(rows, np.int32)
+  arrays = {'image': np.zeros((rows, *shape), np.uint8), 'label': label}
+  splits = {split: pipeline.Split(arrays=arrays) for split in spec.splits}
+  preprocess, augment = images.transforms(spec, data_config)
+  return Dataset(data_config.name, spec.num_classes, splits, preprocess, augment=augment)
+
+
 def placeholder(data_config, rows: int = 1) -> Dataset:
-  """A text dataset with the configured shapes and vocabulary but `rows` all-padding examples per
-  split, for --dry_run on a machine without the data (compiling needs shapes, not text)."""
+  """A dataset with the configured shapes (and vocabulary) but `rows` all-zero (all-padding) examples
+  per split, for --dry_run on a machine without the data (compiling needs shapes, not data)."""
   spec = DATASETS[data_config.name]
   check_config(data_config)
+  if spec.image_shape:
+    return _image_placeholder(spec, data_config, rows)
   if not spec.text_feature or data_config.tokenizer == 'word':
     raise ConfigError(f'--dry_run without the data needs a text dataset with a sentencepiece or byte '
                       f'tokenizer: prepare {spec.tfds_name!r} first')
@@ -221,9 +276,13 @@ def _load(data_config, tokenizer_path: str | None) -> Dataset:
   sources = _open_sources(spec, data_config)
   if spec.text_feature:
     return _load_text(spec, data_config, sources, tokenizer_path)
-  splits = {split: pipeline.Split(source, data_config.in_memory) for split, source in sources.items()}
-  return Dataset(data_config.name, spec.num_classes, splits, spec.preprocess,
-                 class_names=_class_names(sources['train']))
+  check_config(data_config)
+  ragged = ('image',) if spec.image_shape and None in spec.image_shape else ()
+  splits = {split: pipeline.Split(source, data_config.in_memory, record=spec.record, ragged=ragged)
+            for split, source in sources.items()}
+  preprocess, augment = images.transforms(spec, data_config)
+  return Dataset(data_config.name, spec.num_classes, splits, preprocess,
+                 class_names=_class_names(sources['train']), augment=augment)
 
 
 def _as_str(text) -> str:
@@ -301,11 +360,12 @@ def _labelled_texts(source, spec, tokenizer, seq_len) -> dict:
 
 def check_config(data_config) -> None:
   """Text datasets need a known tokenizer, a length and (trained tokenizers) a vocabulary size;
-  bucketing needs padded texts (text classification)."""
+  bucketing needs padded texts (text classification); image options must fit the images."""
   spec = DATASETS[data_config.name]
   bucket = data_config.get('bucket', 0)
   check(bucket == 0 or (bucket > 0 and (spec.label_feature or spec.target_feature)), 'data.bucket', bucket,
         'use 0 (off), or a width > 0 on a text classification or text pair dataset')
+  images.check_config(spec, data_config)
   if not spec.text_feature:
     return
   for field in ('tokenizer', 'seq_len'):

@@ -24,10 +24,19 @@ and the models ignore padding, so cutting it changes nothing but the time.
 
 import grain
 import numpy as np
+from absl import flags
 
 
-def _stack(rows: list[dict]) -> dict:
-  return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+def _stack(rows: list[dict], ragged=()) -> dict:
+  """Rows -> arrays with one row per example; `ragged` features (images of varied sizes) as lists."""
+  return {k: [np.asarray(r[k]) for r in rows] if k in ragged else np.stack([np.asarray(r[k]) for r in rows])
+          for k in rows[0]}
+
+
+def _object_array(values: list) -> np.ndarray:
+  array = np.empty(len(values), object)
+  array[:] = values
+  return array
 
 
 class Split:
@@ -35,13 +44,21 @@ class Split:
 
   in_memory reads the whole split once, for datasets that fit in host memory;
   otherwise each read goes to the source (tfds.data_source: ArrayRecord files).
+  `record` maps each source example to the features kept (all, by default); `ragged`
+  names features whose rows vary in shape (images of varied sizes): read as lists.
   """
 
-  def __init__(self, source=None, in_memory: bool = False, arrays: dict | None = None):
-    self.source = source
+  def __init__(self, source=None, in_memory: bool = False, arrays: dict | None = None, *,
+               record=None, ragged=()):
+    self.source, self.record, self.ragged = source, record, tuple(ragged)
     if arrays is None and in_memory:
-      arrays = _stack([source[i] for i in range(len(source))])
+      arrays = self._read_source(range(len(source)))
+      arrays = {k: _object_array(v) if k in self.ragged else v for k, v in arrays.items()}
     self.arrays = arrays  # or given whole: {name: array with one row per example}
+
+  def _read_source(self, indices) -> dict:
+    examples = (self.source[int(i)] for i in indices)
+    return _stack([self.record(e) if self.record else e for e in examples], self.ragged)
 
   def __len__(self) -> int:
     return len(self.source) if self.arrays is None else len(next(iter(self.arrays.values())))
@@ -50,15 +67,15 @@ class Split:
     """The first n examples (all if n is 0 or more than there are)."""
     if not n or n >= len(self):
       return self
-    if self.arrays is not None:
-      return Split(arrays={k: v[:n] for k, v in self.arrays.items()})
-    return Split(arrays=self.read(np.arange(n)))
+    arrays = self.arrays if self.arrays is not None else self.read(np.arange(n))
+    arrays = {k: _object_array(list(v[:n])) if k in self.ragged else v[:n] for k, v in arrays.items()}
+    return Split(arrays=arrays, ragged=self.ragged)
 
   def read(self, indices) -> dict:
     indices = np.asarray(indices)
     if self.arrays is not None:
-      return {k: v[indices] for k, v in self.arrays.items()}
-    return _stack([self.source[int(i)] for i in indices])
+      return {k: list(v[indices]) if k in self.ragged else v[indices] for k, v in self.arrays.items()}
+    return self._read_source(indices)
 
 
 _WINDOW = 32  # batches sorted by length together when bucketing
@@ -131,13 +148,26 @@ def _rows(lengths: dict, indices) -> dict:
   return {k: v[indices] for k, v in lengths.items()}
 
 
+def _parse_absl_flags() -> None:
+  """grain's worker processes read absl flags; a program that never parsed them (a test, a
+  notebook) runs with their defaults, as bigjax.main does with its own parsed flags."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=None, *, bucket: int = 0,
-                   start: int = 0):
+                   start: int = 0, augment=None, workers: int = 0, prefetch: int = 2):
   """An endless iterator of batches from a shuffled order of the split, from batch `start` on.
 
   `rows` are the rows of each global batch this host reads (all, by default); on
   several hosts they are the rows its devices hold, so that the global batch is the
   same as on one host (sharding.host_batch_rows). `bucket`: see the module's doc.
+  `augment(batch, seed, step, rows)`: the train transform (images.augment), applied before
+  preprocess; its random draws depend on (seed, step, global row) alone.
+  `workers` > 0: batches are read (decoded, augmented) in that many grain worker processes,
+  worker k making batches k, k + workers, ...: the same batches as with 0, in the same order.
+  The program must guard its entry point with `if __name__ == '__main__'` (workers are spawned).
+  `prefetch`: batches read ahead (per worker, with workers).
   """
   lengths = _lengths(split, bucket)
   order = _EpochOrder(len(split), seed, _sort_key(lengths), batch_size)
@@ -147,11 +177,17 @@ def train_iterator(split: Split, preprocess, batch_size: int, seed: int, rows=No
     batch = split.read(order(step * batch_size + rows))
     if bucket:  # every host cuts to the same width: the whole global batch's longest row
       batch = _cut(batch, _rows(lengths, order(step * batch_size + np.arange(batch_size))), bucket)
+    if augment is not None:
+      batch = augment(batch, seed, step, rows)
     return preprocess(batch)
 
   ds = grain.MapDataset.range(start, 2**62).map(load)  # element i is batch i: a slice of forever
   # The prefetch thread only reads ahead; which rows a batch holds depends on its index alone.
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1 if workers else prefetch))
+  if workers:
+    _parse_absl_flags()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+  return iter(ds)
 
 
 def eval_batches(split: Split, preprocess, batch_size: int, rows=None, *, bucket: int = 0):

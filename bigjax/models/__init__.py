@@ -12,7 +12,7 @@ import flax.linen as nn
 from bigjax import flops, sharding
 from bigjax.config import check, check_choice
 from bigjax.models.attention import IMPLEMENTATIONS
-from bigjax.models.cnn import LeNet, ResNet
+from bigjax.models.cnn import BLOCKS, STEMS, LeNet, ResNet
 from bigjax.models.layers import ACTIVATIONS, POOLINGS
 from bigjax.models.lstm import LSTMClassifier
 from bigjax.models.mlp import MLP
@@ -25,6 +25,9 @@ from bigjax.models.transformer import (
   TransformerClassifier,
   TransformerLM,
 )
+from bigjax.models.vit import CLASSIFIERS as VIT_CLASSIFIERS
+from bigjax.models.vit import POSITIONS as VIT_POSITIONS
+from bigjax.models.vit import ViT
 
 MODELS = {
     'mlp': MLP,
@@ -34,6 +37,7 @@ MODELS = {
     'lstm_classifier': LSTMClassifier,
     'transformer_classifier': TransformerClassifier,
     'transformer_seq2seq': TransformerSeq2Seq,
+    'vit': ViT,
 }
 DTYPES = ('auto', 'float32', 'bfloat16')  # auto: bfloat16 on TPU and GPU, float32 on CPU
 
@@ -60,7 +64,8 @@ def check_config(model_config) -> None:
           f'{model_config.name} takes {", ".join(sorted(fields))}')
   if 'activation' in model_config:
     check_choice(model_config, 'model', 'activation', ACTIVATIONS)
-  for field, allowed in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
+  positions = VIT_POSITIONS if model_config.name == 'vit' else POSITIONS
+  for field, allowed in (('mlp', MLPS), ('norm', NORMS), ('positions', positions),
                          ('remat', REMAT_POLICIES), ('dtype', DTYPES), ('pooling', POOLINGS)):
     if field in model_config:
       check_choice(model_config, 'model', field, allowed)
@@ -81,12 +86,28 @@ def check_config(model_config) -> None:
   if 'query_blocks' in model_config:
     check(model_config.query_blocks >= 1, 'model.query_blocks', model_config.query_blocks,
           'use 1 (one attention call) or more query chunks')
+  _check_vision(model_config, merged)
   if model_config.name == 'transformer_classifier':
     check(merged['pooling'] != 'last', 'model.pooling', 'last',
           'an encoder has no last state: use mean or max')
   for field in ('dropout', 'word_dropout'):
     if field in model_config:
       check(0 <= model_config[field] < 1, f'model.{field}', model_config[field], 'use a rate in [0, 1)')
+
+
+def _check_vision(model_config, merged: dict) -> None:
+  """The ViT's and the ResNet's own choices."""
+  if model_config.name == 'vit':
+    if 'classifier' in model_config:
+      check_choice(model_config, 'model', 'classifier', VIT_CLASSIFIERS)
+    check(merged['patch_size'] >= 1, 'model.patch_size', merged['patch_size'],
+          'use a divisor of the image size')
+    check(merged['positions'] != 'sincos2d' or merged['d_model'] % 4 == 0, 'model.d_model',
+          merged['d_model'], 'sincos2d positions need a multiple of 4')
+  if model_config.name == 'resnet':
+    for field, allowed in (('stem', STEMS), ('block', BLOCKS)):
+      if field in model_config:
+        check_choice(model_config, 'model', field, allowed)
 
 
 # Model FLOPs per example for utilization figures; models not here use XLA's count.

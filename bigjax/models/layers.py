@@ -53,15 +53,17 @@ def conv(features: int, kernel: int, strides: int = 1, use_bias: bool = True,
       name=name)
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None, zero_scale: bool = False) -> nn.BatchNorm:
   """BatchNorm whose running statistics live in the `batch_stats` collection.
 
   Under jit with a sharded batch, the mean and variance are over the global
   batch, so statistics do not depend on how many devices share the batch.
+  zero_scale: the scale starts at 0 (a residual branch's last norm: the block starts as its shortcut).
   """
+  scale_init = nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init()
   return nn.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('conv_out',)),
+      scale_init=nn.with_logical_partitioning(scale_init, ('conv_out',)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
       name=name)
 

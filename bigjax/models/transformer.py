@@ -63,6 +63,17 @@ def rope(x, positions, base: float = 10000.0):
   return (x32 * cos + jnp.roll(x32, half, axis=-1) * sin).astype(x.dtype)
 
 
+def attention_weights(q, k, valid, causal: bool):
+  """The attention probabilities (B, heads, T, S) by the reference math: softmax over the keys of the
+  scaled scores, masked as `attention` masks them. The fused kernels never materialize them."""
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # grouped-query: query head j reads key head j // group
+  scores = jnp.einsum('bthd,bshd->bhts', q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+  mask = valid[:, None, None, :]
+  if causal:
+    mask &= jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+  return jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+
+
 class Attention(nn.Module):
   """Multi-head (num_kv_heads == num_heads) or grouped-query attention."""
   num_heads: int
@@ -102,6 +113,8 @@ class Attention(nn.Module):
     else:
       out = attention(q, k, v, valid, causal=self.causal, blocks=self.query_blocks,
                       implementation=self.implementation, block_size=self.block_size)
+      if self.is_mutable_collection('intermediates'):  # asked for (attention rollout): training never pays
+        self.sow('intermediates', 'attention_weights', attention_weights(q, k, valid, self.causal))
     w = weight('out', (self.num_heads, self.head_dim, d_model), ('heads', 'kv', 'embed'), (0, 1), 2)
     return token_matmul(out.reshape(out.shape[:-2] + (-1,)), w.reshape(-1, d_model))
 

@@ -8,22 +8,31 @@ never branches on the task.
     (padding rows carry mask 0 and count for nothing);
   summarize(sums) -> {name: float or array} on the host, once per split.
   units = (name, per example) that the throughput counts, e.g. ('tokens', 256).
+  augment(batch, key) -> batch: a train batch's on-device augmentation (mixup, cutmix), inside the
+    jitted train step with the step's 'augment' key; by default the batch unchanged.
 
-Tasks that must generate to be judged (translation, summarization, speech) add two more:
-  generate(model, variables, batch) -> (B, L) int32 ids, traced inside one jitted eval step;
+Tasks judged over a whole split at once (translation, summarization, speech: what they generate;
+multi-label: average precision, which ranks every example) add two more:
+  generate(model, variables, batch) -> per-example outputs, traced inside one jitted eval step: (B, L)
+    int32 ids of generated text, or (multi-label) each class's probability;
   score(batches, outputs) -> ({name: float}, [{'source', 'reference', 'output'}, ...]): on the host,
     over the first task.eval_generate_examples examples of the split (0: all), corpus-level metrics
-    (BLEU, ROUGE, WER) from library scorers, and a few examples for the logs.
+    (BLEU, ROUGE, WER, mAP) from library scorers, and a few examples for the logs.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bigjax.tasks import classification, lm, seq2seq
+from bigjax.tasks import classification, lm, multilabel, seq2seq
 
 
 def inputs_only(batch: dict) -> dict:
   return {'inputs': batch['inputs']}
+
+
+def unchanged(batch: dict, key) -> dict:
+  del key
+  return batch
 
 
 class Task(NamedTuple):
@@ -34,11 +43,14 @@ class Task(NamedTuple):
   model_inputs: Callable = inputs_only
   generate: Callable | None = None
   score: Callable | None = None
+  augment: Callable = unchanged
 
 
 # name -> module with check_config(task_config) and make(task_config, dataset) -> Task's fields
+# (a tuple in their order, or a dict by name)
 TASKS = {
     'classification': classification,
+    'multilabel': multilabel,
     'lm': lm,
     'seq2seq': seq2seq,
 }
@@ -46,4 +58,4 @@ TASKS = {
 
 def build(task_config, dataset) -> Task:
   made = TASKS[task_config.name].make(task_config, dataset)
-  return made if isinstance(made, Task) else Task(*made)
+  return Task(**made) if isinstance(made, dict) else Task(*made)
