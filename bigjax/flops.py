@@ -37,6 +37,15 @@ def transformer_flops_per_token(model_config, num_params: int, seq_len: int) -> 
   return 6 * num_params + 12 * model_config['num_layers'] * model_config['d_model'] * seq_len
 
 
+def vit_flops_per_example(model_config, num_params: int, image_shape) -> float:
+  """The LM's count over the image's tokens: a patch per token (and the class token), each weight once
+  per token, attention over all of them. Counting the head and the position table per token overstates
+  it by under 1% for the named sizes. model_config: a mapping with every field (defaults filled in)."""
+  patch = model_config['patch_size']
+  tokens = (image_shape[0] // patch) * (image_shape[1] // patch) + (model_config['classifier'] == 'token')
+  return transformer_flops_per_token(model_config, num_params, tokens) * tokens
+
+
 def seq2seq_flops_per_example(model_config, num_params: int, source_len: int, target_len: int) -> float:
   """The encoder-decoder's 6N, counting each weight once per token that passes it: encoder layers
   per source token, decoder layers and the output logits per target token (the embedding lookups

@@ -109,6 +109,7 @@ def _multilabel_run(data_dir, workdir, *overrides):
   return read_metrics(str(workdir), 'test')[0]
 
 
+@pytest.mark.slow  # about 20 s on 2 cores, mostly building the dataset: CI keeps the task's parts
 def test_multilabel_digits_learn_from_a_short_run(data_dir, tmp_path):
   test = _multilabel_run(data_dir, tmp_path, '--config.train.steps=300', '--config.train.eval_every=0')
   assert test['map'] >= 0.9 and 0 < test['exact_match'] <= 1

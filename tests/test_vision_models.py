@@ -6,10 +6,11 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from bigjax import models
+from bigjax import flops, models
 from bigjax.config import LOGICAL_RULES, ConfigError, base_config
 from bigjax.models import cnn, vit
 
@@ -72,6 +73,17 @@ def test_vit_scanned_and_unscanned_layers_compute_the_same():
   np.testing.assert_allclose(jax.jit(unscanned.apply)({'params': per_layer}, x),
                              jax.jit(scanned.apply)({'params': {**params, 'layers': layers}}, x),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_vit_attention_weights_reach_intermediates_in_both_layer_layouts():
+  """Attention rollout (bigjax/explain.py) reads the weights each layer sows: scanned, they come
+  stacked over the layers."""
+  x = jnp.zeros((3, 8, 8, 1))
+  for scan, expected in ((True, [(2, 3, 2, 17, 17)]), (False, [(3, 2, 17, 17)] * 2)):
+    model = _model('vit', **TINY_VIT, scan_layers=scan)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    _, state = jax.eval_shape(lambda v, model=model: model.apply(v, x, mutable=['intermediates']), variables)
+    assert [a.shape for a in jax.tree.leaves(state)] == expected
 
 
 def test_patch_embedding_is_the_strided_conv():
@@ -183,3 +195,18 @@ def test_patch_size_must_divide_the_image():
   model = _model('vit', **{**TINY_VIT, 'patch_size': 3})
   with pytest.raises(ConfigError, match='model.patch_size'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
+
+
+def test_vit_model_flops_are_xlas_count_of_the_forward_pass_times_three():
+  """flops.vit_flops_per_example counts a train step as 3 forward passes; XLA counts one unscanned
+  forward pass (the matmuls, and the elementwise work the formula leaves out: a few percent here)."""
+  config = ml_collections.ConfigDict({'name': 'vit', 'patch_size': 4, 'd_model': 128, 'num_layers': 2,
+                                      'num_heads': 4, 'classifier': 'token', 'scan_layers': False})
+  model = models.build(config, 10)
+  images = jnp.zeros((4, 16, 16, 3))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+  num_params = sum(np.prod(x.shape) for x in jax.tree.leaves(params))
+  compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(params, images).compile()
+  xla = flops.xla_flops(compiled)
+  ours = models.flops_per_example(config, num_params, images.shape[1:]) * images.shape[0] / 3
+  assert abs(ours - xla) / xla < 0.05, (ours, xla)

@@ -17,6 +17,7 @@ elementwise work on its result. `jit_and_compile` lets only those run: if the co
 holds any other oneDNN fusion, it compiles again with XLA's default matmuls.
 """
 
+import math
 import platform
 import re
 from collections.abc import Callable
@@ -45,8 +46,20 @@ def unsafe_onednn_fusions(hlo_text: str) -> list[str]:
   return sorted(name for name in fused if not _one_dot_of_inputs(computations[name]))
 
 
+# Ops after the dot that can run wrong when their other operand is an input of the fusion: this XLA's
+# oneDNN multiplies a dot with a long contraction by a broadcast (a scalar, a per-column vector) into
+# wrong numbers, hundreds of times the result (`(a @ w) / 196` with a: (8, 1000), a mean's gradient;
+# right at every contraction up to 512 that was tried, wrong from 640). A product by a full-size input
+# was right, but the fused computation cannot tell it from a broadcast one, so such products are let
+# run only after contractions of at most _SHORT_CONTRACTION, half the longest seen right: the
+# Transformers' attention scales (d_model 256 and below) keep oneDNN.
+_SCALING = ('multiply', 'divide')
+_SHORT_CONTRACTION = 256
+
+
 def _one_dot_of_inputs(computation: str) -> bool:
   params, after_dot = set(), set()  # names of the fusion's inputs; of the dot and what reads it
+  shapes, contraction = {}, 0
   for line in computation.splitlines()[1:]:
     if ' = ' not in line:
       continue
@@ -54,13 +67,19 @@ def _one_dot_of_inputs(computation: str) -> bool:
     if not match:
       return False
     name, op, operands = match[1], match[2], set(re.findall(r'%[\w.-]+', match[3]))
+    shape = re.match(r'\s*(?:ROOT )?%[\w.-]+ = \w+\[([\d,]*)\]', line)
+    shapes[name] = [int(d) for d in shape[1].split(',') if d] if shape else []
     if op == 'parameter':
       params.add(name)
     elif op == 'dot' and not after_dot and operands <= params:
       after_dot.add(name)
-    elif operands & after_dot and operands <= params | after_dot:
+      lhs = shapes[re.findall(r'%[\w.-]+', match[3])[0]]
+      dims = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line)
+      contraction = math.prod(lhs[int(d)] for d in dims[1].split(',') if d) if dims and lhs else 1 << 30
+    elif operands & after_dot and operands <= params | after_dot and (
+        op not in _SCALING or operands <= after_dot or contraction <= _SHORT_CONTRACTION):
       after_dot.add(name)
-    else:  # a second dot, work on a dot's input, or anything else
+    else:  # a second dot, work on a dot's input, a scaled long dot, or anything else
       return False
   return bool(after_dot)
 

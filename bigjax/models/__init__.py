@@ -119,6 +119,8 @@ FLOPS_PER_EXAMPLE = {
         _with_defaults(model_config)) * inputs[0],
     'transformer_seq2seq': lambda model_config, num_params, inputs, targets: flops.seq2seq_flops_per_example(
         _with_defaults(model_config), num_params, inputs[0], targets[0]),
+    'vit': lambda model_config, num_params, inputs, targets: flops.vit_flops_per_example(
+        _with_defaults(model_config), num_params, inputs),
 }
 
 

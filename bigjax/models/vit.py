@@ -7,8 +7,10 @@ the mean over patches -> class logits (B, num_outputs) float32.
 
 The named sizes of the paper (and big_vision) are in SIZES; experiment configs copy one into
 config.model, and the model itself takes plain fields. Differences from the paper's model: the
-blocks' projections have no biases (those of bigjax's Transformer; under 0.2% of the parameters)
-and GELU is the tanh approximation (flax's default).
+blocks' projections have no biases (those of bigjax's Transformer; under 0.2% of the parameters),
+the class token has no position of its own (big_vision's layout), and GELU is the tanh
+approximation (flax's default). On TPU, splash attention needs lengths that blocks of a multiple of
+128 tile: 196 or 197 tokens (224 x 224, patch 16) run XLA's attention instead, with a warning.
 """
 
 import flax.linen as nn
@@ -23,7 +25,8 @@ CLASSIFIERS = ('token', 'gap')  # the class token's final state | the mean of th
 POSITIONS = ('learned', 'sincos2d')  # a learned table per patch | fixed 2-D sin-cos (not trained)
 
 # (patch_size, d_model, num_layers, num_heads, mlp_ratio) of the paper's Table 1 (Ti and S: DeiT's,
-# as big_vision names them). ViT-B/16 at 224 x 224 with 1,000 classes: 86.6M parameters.
+# as big_vision names them). ViT-B/16 at 224 x 224 with 1,000 classes: 86.5M parameters here, the
+# paper's 86.6M less the differences above.
 SIZES = {
     'Ti/16': {'patch_size': 16, 'd_model': 192, 'num_layers': 12, 'num_heads': 3, 'mlp_ratio': 4.0},
     'S/16': {'patch_size': 16, 'd_model': 384, 'num_layers': 12, 'num_heads': 6, 'mlp_ratio': 4.0},
