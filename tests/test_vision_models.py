@@ -206,7 +206,7 @@ def test_vit_model_flops_are_xlas_count_of_the_forward_pass_times_three():
   images = jnp.zeros((4, 16, 16, 3))
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
   num_params = sum(np.prod(x.shape) for x in jax.tree.leaves(params))
-  compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(params, images).compile()
+  compiled = jax.jit(model.apply).lower(params, images).compile()
   xla = flops.xla_flops(compiled)
   ours = models.flops_per_example(config, num_params, images.shape[1:]) * images.shape[0] / 3
   assert abs(ours - xla) / xla < 0.05, (ours, xla)

@@ -62,6 +62,10 @@ def test_single_dot_fusions_keep_onednn_and_the_numbers():
   assert 'onednn_fusion' not in _jit_and_compile(_mlp, 'xla')[1].as_text()
 
 
+def _mean_of_196(a, w):
+  return (a @ w) / 196
+
+
 def test_a_long_dot_scaled_by_a_constant_is_compiled_without_onednn_and_computes_right():
   """oneDNN runs `(a @ w) / 196` with a (8, 1000) into numbers hundreds of times too large (a mean's
   gradient in a ViT); a contraction of 128 scaled the same way keeps oneDNN, and its numbers."""
@@ -69,11 +73,10 @@ def test_a_long_dot_scaled_by_a_constant_is_compiled_without_onednn_and_computes
   for contraction, keeps_onednn in ((1000, False), (128, True)):
     a, w = (jnp.asarray(rng.standard_normal(shape, dtype=np.float32)) for shape in ((8, contraction),
                                                                                    (contraction, 384)))
-    fn = lambda a, w: (a @ w) / 196  # noqa: E731
-    step, compiled = xla_options.jit_and_compile(lambda options: jax.jit(fn, compiler_options=options),
-                                                 (a, w), 'onednn')
+    make = lambda options: jax.jit(_mean_of_196, compiler_options=options)  # noqa: E731
+    step, compiled = xla_options.jit_and_compile(make, (a, w), 'onednn')
     assert ('onednn_fusion' in compiled.as_text()) == keeps_onednn
-    np.testing.assert_allclose(step(a, w), jax.jit(fn)(a, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(step(a, w), jax.jit(_mean_of_196)(a, w), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('mlp, atol', [('gelu', 1e-5), ('swiglu', 1e-4)])
