@@ -320,6 +320,7 @@ def test_tfds_text_datasets_through_the_same_code(name, tmp_path):
   assert dataset.num_classes == 259 and len(dataset.splits['eval']) > 0
 
 
+@pytest.mark.slow  # about 25 s on 2 cores, which CI cannot spare; KV-cache sampling is tested in process
 def test_train_then_sample_from_the_command_line(data_dir, tmp_path):
   flags = ['--config=experiments/lm_gpt.py:tiny', f'--workdir={tmp_path}',
            f'--config.data.data_dir={data_dir}', '--config.train.steps=30', '--config.train.batch_size=8',

@@ -64,8 +64,10 @@ def _args(lists, data_dir, workdir, *extra):
           '--config.task.eval_generate_examples=8', *extra]
 
 
-# Scanned without the copy head: 26 s more that CI cannot spare, so `pytest -m slow` runs it.
-@pytest.mark.parametrize('scan, copy', [pytest.param(True, False, marks=pytest.mark.slow), (False, True)])
+# 20-26 s each, which CI cannot spare: `pytest -m slow` runs them (CI decodes through the cache end to
+# end in test_translation_trains_generates_and_writes_its_scores).
+@pytest.mark.slow
+@pytest.mark.parametrize('scan, copy', [(True, False), (False, True)])
 def test_the_cached_decoder_gives_the_full_forward_pass_logits(scan, copy):
   model = TransformerSeq2Seq(50, num_layers=2, num_decoder_layers=3, d_model=32, num_heads=4, dropout=0.0,
                              scan_layers=scan, positions='learned' if scan else 'rope', shared_embedding=scan,
