@@ -209,6 +209,23 @@ class _ScanBlock(Block):
     return super().__call__(x, positions, valid), None
 
 
+def run_layers(block_kwargs: dict, x, positions, valid, *, num_layers: int, scan: bool, remat: str):
+  """num_layers Blocks over x, called from a model's compact __call__: one traced layer under nn.scan
+  (compile time flat in depth; params, the KV cache and sown intermediates stacked over a `layers`
+  axis) or unrolled as layer_0, layer_1, ...; either under the remat policy."""
+  block = _ScanBlock if scan else Block
+  if remat != 'none':
+    block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+  if scan:
+    layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                     split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, nn.broadcast),
+                     length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    return layers(**block_kwargs, name='layers')(x, positions, valid)[0]
+  for i in range(num_layers):
+    x = block(**block_kwargs, name=f'layer_{i}')(x, positions, valid)
+  return x
+
+
 class TransformerLM(nn.Module):
   """A decoder-only language model: tokens (B, T) int -> next-token logits (B, T, vocab) float32."""
   num_outputs: int  # the vocabulary size, for inputs and outputs
@@ -253,17 +270,8 @@ class TransformerLM(nn.Module):
                   use_rope=self.positions == 'rope', train=train, decode=decode,
                   query_blocks=self.query_blocks, attention=self.attention,
                   attention_block=self.attention_block)
-    block = _ScanBlock if self.scan_layers else Block
-    if self.remat != 'none':
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
-    if self.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
-                       split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, nn.broadcast),
-                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = layers(**kwargs, name='layers')(x, positions, valid)
-    else:
-      for i in range(self.num_layers):
-        x = block(**kwargs, name=f'layer_{i}')(x, positions, valid)
+    x = run_layers(kwargs, x, positions, valid, num_layers=self.num_layers, scan=self.scan_layers,
+                   remat=self.remat)
 
     x = _norm(self.norm, dtype, 'final_norm')(x)
     if self.tied_embedding:

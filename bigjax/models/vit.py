@@ -19,7 +19,7 @@ import numpy as np
 
 from bigjax.config import ConfigError
 from bigjax.models.layers import dense, token_matmul
-from bigjax.models.transformer import REMAT_POLICIES, Block, _init, _norm, _ScanBlock
+from bigjax.models.transformer import _init, _norm, run_layers
 
 CLASSIFIERS = ('token', 'gap')  # the class token's final state | the mean of the patches' states
 POSITIONS = ('learned', 'sincos2d')  # a learned table per patch | fixed 2-D sin-cos (not trained)
@@ -121,17 +121,8 @@ class ViT(nn.Module):
                   mlp=self.mlp, norm=self.norm,
                   dropout=self.dropout, dtype=dtype, use_rope=False, causal=False, train=train,
                   attention=self.attention, attention_block=self.attention_block)
-    block = _ScanBlock if self.scan_layers else Block
-    if self.remat != 'none':
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
-    if self.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0, 'intermediates': 0},
-                       split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, nn.broadcast),
-                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = layers(**kwargs, name='layers')(x, positions, valid)
-    else:
-      for i in range(self.num_layers):
-        x = block(**kwargs, name=f'layer_{i}')(x, positions, valid)
+    x = run_layers(kwargs, x, positions, valid, num_layers=self.num_layers, scan=self.scan_layers,
+                   remat=self.remat)
 
     x = _norm(self.norm, dtype, 'final_norm')(x).astype(jnp.float32)
     pooled = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
