@@ -147,13 +147,14 @@ def bigjax_config(args):
 class Bigjax:
   """bigjax's own train step, built the way bigjax.train.train_and_evaluate builds it."""
 
-  def __init__(self, config):
+  def __init__(self, config, dataset=None):
+    """dataset: one already made (random images for the ViT benchmark), else the config's."""
     import jax
 
     from bigjax import sharding, train
     self.jax, self.sharding = jax, sharding
     start = time.perf_counter()
-    self.s = train.setup(config)
+    self.s = train.setup(config, dataset=dataset)
     with self.active():
       self.state = self.s.init()
       _, self.step = train.compile_train_step(self.s, config)
@@ -165,7 +166,7 @@ class Bigjax:
     return self.sharding.active(self.s.mesh, self.s.rules)
 
   def logits(self, batch: dict) -> np.ndarray:
-    """Teacher-forced forward pass at the current weights, for the equivalence check."""
+    """Forward pass at the current weights (teacher-forced for a pair model), for the equivalence check."""
     apply = self.jax.jit(lambda params, batch: self.s.model.apply(
         {'params': params}, **self.s.task.model_inputs(batch), train=False))
     with self.active():

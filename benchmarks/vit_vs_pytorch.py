@@ -38,7 +38,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # `python benchmarks/vit_vs_pytorch.py` from anywhere
@@ -133,38 +132,7 @@ def random_images_dataset(args):
   return data.Dataset('random_images', args.classes, splits, preprocess=lambda batch: batch)
 
 
-class Bigjax:
-  """bigjax's own train step, built the way bigjax.train.train_and_evaluate builds it."""
-
-  def __init__(self, config, dataset):
-    import jax
-
-    from bigjax import sharding, train
-    self.jax, self.sharding = jax, sharding
-    start = time.perf_counter()
-    self.s = train.setup(config, dataset=dataset)
-    with self.active():
-      self.state = self.s.init()
-      _, self.step = train.compile_train_step(self.s, config)
-    self.compile_s = time.perf_counter() - start
-    self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
-
-  def active(self):
-    return self.sharding.active(self.s.mesh, self.s.rules)
-
-  def logits(self, images: np.ndarray) -> np.ndarray:
-    """Forward pass at the current weights, for the equivalence check."""
-    apply = self.jax.jit(lambda params, x: self.s.model.apply({'params': params}, x, train=False))
-    with self.active():
-      return np.asarray(apply(self.state.params, images))
-
-  def run(self, batches) -> float:
-    """Trains on the batches; returns the last step's loss."""
-    with self.active():
-      for batch in batches:
-        self.state, metrics = self.step(self.state, self.sharding.shard_batch(batch, self.s.mesh))
-      self.jax.block_until_ready((self.state, metrics))
-    return float(metrics['loss'])
+Bigjax = common.Bigjax  # bigjax's own train step, as bigjax.train.train_and_evaluate builds it
 
 
 # --------------------------------------------------------------------------- B: PyTorch
@@ -337,7 +305,7 @@ def check_same_model(a: Bigjax, model: ViT, batch: dict, log, when: str = 'at in
   broadcast operand wrongly, as in the mean pooling's gradient: the logits agree, the training not)."""
   with torch.no_grad():
     expected = model.logits(torch.from_numpy(batch['inputs'])).numpy()
-  error = float(np.abs(a.logits(batch['inputs']) - expected).max() / np.abs(expected).max())
+  error = float(np.abs(a.logits({'inputs': batch['inputs']}) - expected).max() / np.abs(expected).max())
   log(f'check {when}: max |logits bigjax - pytorch| / max |logits| = {error:.2e}')
   if error > 1e-4:
     raise SystemExit(f'bigjax and the PyTorch reference disagree {when}: they are not the same model, '
