@@ -165,3 +165,14 @@ def tensorboard_tags(workdir) -> set:
       tags.update(value.tag for value in event.summary.value)
       offset += 16 + length
   return tags
+
+
+def build_model(name: str, **fields):
+  """The registry's model `name` with these model fields, checked as a config's are; ten outputs."""
+  from bigjax import models  # noqa: PLC0415
+  from bigjax.config import base_config  # noqa: PLC0415
+  c = base_config().model
+  c.name = name
+  c.update(fields)
+  models.check_config(c)
+  return models.build(c, num_outputs=10)

@@ -8,14 +8,7 @@ import pytest
 
 from bigjax import models
 from bigjax.config import LOGICAL_RULES, base_config
-
-
-def _model(name, **fields):
-  c = base_config().model
-  c.name = name
-  c.update(fields)
-  models.check_config(c)
-  return models.build(c, num_outputs=10)
+from helpers import build_model
 
 
 @pytest.mark.parametrize('name, fields', [
@@ -24,7 +17,7 @@ def _model(name, **fields):
     ('resnet', {'stage_sizes': (1, 1), 'width': 8}),
 ])
 def test_output_shape_and_every_param_is_annotated(name, fields):
-  model = _model(name, **fields)
+  model = build_model(name, **fields)
   x = jnp.ones((4, 8, 8, 1))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
   boxed = jax.tree.leaves(variables['params'], is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
@@ -44,14 +37,14 @@ def test_activation_changes_the_function():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
   outs = {}
   for act in ('relu', 'tanh', 'sigmoid', 'gelu', 'silu'):
-    model = _model('mlp', depth=1, width=16, activation=act)
+    model = build_model('mlp', depth=1, width=16, activation=act)
     outs[act] = model.apply(nn.meta.unbox(model.init(jax.random.key(0), x)), x)
   values = list(outs.values())
   assert all(not np.allclose(a, b) for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def test_dropout_only_in_training():
-  model = _model('mlp', depth=1, width=64, dropout=0.5)
+  model = build_model('mlp', depth=1, width=64, dropout=0.5)
   x = jnp.ones((2, 8, 8, 1))
   params = nn.meta.unbox(model.init(jax.random.key(0), x))
   a = model.apply(params, x, train=True, rngs={'dropout': jax.random.key(1)})
@@ -61,7 +54,7 @@ def test_dropout_only_in_training():
 
 
 def test_resnet_batch_stats_update_in_training_and_are_used_in_eval():
-  model = _model('resnet', stage_sizes=(1,), width=8)
+  model = build_model('resnet', stage_sizes=(1,), width=8)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1)) * 3 + 2
   variables = nn.meta.unbox(model.init(jax.random.key(0), x))
   assert set(variables) == {'params', 'batch_stats'}

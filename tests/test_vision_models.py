@@ -13,20 +13,13 @@ import pytest
 from bigjax import flops, models
 from bigjax.config import LOGICAL_RULES, ConfigError, base_config
 from bigjax.models import cnn, vit
+from helpers import build_model
 
 TINY_VIT = {'patch_size': 2, 'd_model': 16, 'num_layers': 2, 'num_heads': 2, 'mlp_ratio': 2.0}
 
 
 def _normal(seed: int, shape) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def _model(name, **fields):
-  c = base_config().model
-  c.name = name
-  c.update(fields)
-  models.check_config(c)
-  return models.build(c, num_outputs=10)
 
 
 def _num_params(model, shape) -> int:
@@ -45,7 +38,7 @@ def _random_params(model, x):
 
 @pytest.mark.parametrize('classifier, positions', [('token', 'learned'), ('gap', 'sincos2d')])
 def test_vit_logits_and_annotations(classifier, positions):
-  model = _model('vit', **TINY_VIT, classifier=classifier, positions=positions)
+  model = build_model('vit', **TINY_VIT, classifier=classifier, positions=positions)
   x = _normal(1, (3, 8, 6, 2))  # not square: rows and columns stay apart
   boxed, params = _random_params(model, x)
   leaves = jax.tree.leaves(boxed, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
@@ -64,7 +57,7 @@ def test_vit_logits_and_annotations(classifier, positions):
 
 def test_vit_scanned_and_unscanned_layers_compute_the_same():
   x = _normal(1, (2, 8, 8, 1))
-  scanned, unscanned = (_model('vit', **TINY_VIT, scan_layers=s) for s in (True, False))
+  scanned, unscanned = (build_model('vit', **TINY_VIT, scan_layers=s) for s in (True, False))
   _, params = _random_params(scanned, x)
   layers = params.pop('layers')  # every leaf stacked over the layers
   per_layer = {**params, **{f'layer_{i}': jax.tree.map(lambda a, i=i: a[i], layers) for i in range(2)}}
@@ -80,7 +73,7 @@ def test_vit_attention_weights_reach_intermediates_in_both_layer_layouts():
   stacked over the layers."""
   x = jnp.zeros((3, 8, 8, 1))
   for scan, expected in ((True, [(2, 3, 2, 17, 17)]), (False, [(3, 2, 17, 17)] * 2)):
-    model = _model('vit', **TINY_VIT, scan_layers=scan)
+    model = build_model('vit', **TINY_VIT, scan_layers=scan)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     _, state = jax.eval_shape(lambda v, model=model: model.apply(v, x, mutable=['intermediates']), variables)
     assert [a.shape for a in jax.tree.leaves(state)] == expected
@@ -144,12 +137,13 @@ def _blocks_zero_init(model, x) -> set:
 
 def test_resnet_zero_init_defaults_to_the_block_kind():
   x = jnp.zeros((1, 32, 32, 3))
-  assert _blocks_zero_init(_model('resnet', stage_sizes=(1, 1), width=8), x) == {('ResidualBlock', False)}
-  bottleneck = _model('resnet', stage_sizes=(1, 1), width=8, block='bottleneck', stem='imagenet')
+  basic = build_model('resnet', stage_sizes=(1, 1), width=8)
+  assert _blocks_zero_init(basic, x) == {('ResidualBlock', False)}
+  bottleneck = build_model('resnet', stage_sizes=(1, 1), width=8, block='bottleneck', stem='imagenet')
   assert _blocks_zero_init(bottleneck, x) == {('BottleneckBlock', True)}
   for block in cnn.BLOCKS:
     for zero_init in (True, False):
-      model = _model('resnet', stage_sizes=(1,), width=8, block=block, zero_init_residual=zero_init)
+      model = build_model('resnet', stage_sizes=(1,), width=8, block=block, zero_init_residual=zero_init)
       assert {z for _, z in _blocks_zero_init(model, x)} == {zero_init}
   # The ImageNet stem quarters the image before the first stage: 32 -> 16 (conv) -> 8 (max pool).
   shapes = []
@@ -165,7 +159,7 @@ def test_resnet_zero_init_defaults_to_the_block_kind():
 
 def test_cifar_resnet_parameters_are_unchanged():
   """The CIFAR ResNet's defaults keep the parameter tree older checkpoints hold."""
-  model = _model('resnet', stage_sizes=(1, 1), width=8)
+  model = build_model('resnet', stage_sizes=(1, 1), width=8)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
   shapes = {jax.tree_util.keystr(path): leaf.shape
             for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(variables['params']))}
@@ -192,7 +186,7 @@ def test_bad_vision_choices_are_config_errors(name, field, value):
 
 
 def test_patch_size_must_divide_the_image():
-  model = _model('vit', **{**TINY_VIT, 'patch_size': 3})
+  model = build_model('vit', **{**TINY_VIT, 'patch_size': 3})
   with pytest.raises(ConfigError, match='model.patch_size'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
 
