@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from bigjax import data, metrics, tasks
-from bigjax.config import base_config
+from bigjax.config import ConfigError, base_config
 from bigjax.data import digits_multilabel
 from bigjax.tasks import mixing, multilabel
 from helpers import REPO, read_metrics, run_main
@@ -118,3 +118,10 @@ def test_multilabel_digits_learn_from_a_short_run(data_dir, tmp_path):
 @pytest.mark.slow  # about a minute on 2 cores
 def test_multilabel_digits_config_reaches_its_map(data_dir, tmp_path):
   assert _multilabel_run(data_dir, tmp_path)['map'] >= 0.95
+
+
+def test_mixing_text_is_refused_in_one_line():
+  config = base_config().task
+  config.mixup = 0.2
+  with pytest.raises(ConfigError, match='they mix images'):
+    tasks.build(config, data.Dataset('snippets', 10, {}, None, tokenizer=object()))

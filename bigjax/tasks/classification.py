@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from bigjax import losses, metrics
-from bigjax.config import check, check_choice
+from bigjax.config import ConfigError, check, check_choice
 from bigjax.tasks import mixing
 
 LOSSES = {
@@ -66,5 +66,9 @@ def make(task_config, dataset):
     return out
 
   made = {'loss': loss, 'eval_sums': eval_sums, 'summarize': summarize}
-  augment = mixing.make(num_classes, task_config.get('mixup', 0.0), task_config.get('cutmix', 0.0))
+  mixup, cutmix = task_config.get('mixup', 0.0), task_config.get('cutmix', 0.0)
+  if (mixup or cutmix) and dataset.tokenizer is not None:
+    raise ConfigError(f'config.task.mixup={mixup} / task.cutmix={cutmix} is invalid: they mix images, and '
+                      f'{dataset.name!r} is text: use 0')
+  augment = mixing.make(num_classes, mixup, cutmix)
   return {**made, 'augment': augment} if augment else made
