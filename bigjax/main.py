@@ -1,7 +1,7 @@
 """bigjax's entry point.
 
   python -m bigjax.main --config=experiments/digits_mlp.py [--config.train.steps=500] \
-      [--workdir=runs/digits] [--mode=train|eval|sample|predict|generate|explain] [--dry_run]
+      [--workdir=runs/digits] [--mode=train|eval|sample|predict|generate|transcribe|explain] [--dry_run]
       [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Bad input (an unknown field, a wrong type, a missing config file, an invalid
@@ -24,14 +24,16 @@ from bigjax.config import ConfigError, RunStopped, fail, validate
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'sample', 'predict', 'generate', 'explain'],
+    'mode', 'train', ['train', 'eval', 'sample', 'predict', 'generate', 'transcribe', 'explain'],
     'train (resumes from the newest checkpoint) | eval (the newest checkpoint on eval and test) | '
     'sample (a language model continues --prompt) | predict (a text classifier labels each --text) | '
     'generate (a translation or summarization model decodes each --text) | '
+    'transcribe (a speech model transcribes each --audio WAV file) | '
     'explain (attribution maps of a classifier\'s inputs into WORKDIR/explain/).')
 _PROMPT = flags.DEFINE_string('prompt', '', '--mode=sample: the text to continue.')
 _TEXT = flags.DEFINE_multi_string('text', [], '--mode=predict|generate|explain: a text to classify, '
                                   'translate, summarize or explain (repeat for more).')
+_AUDIO = flags.DEFINE_multi_string('audio', [], '--mode=transcribe: a WAV file (repeat for more).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 3, '--mode=sample: continuations to print.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, '--mode=sample: tokens per continuation.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '--mode=sample: 0 is greedy.')
@@ -202,6 +204,20 @@ def _explain(config, workdir: str) -> None:
     print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
+def _predict(config, workdir: str) -> None:
+  """--mode=predict|generate|transcribe: one JSON line per input."""
+  from bigjax import predict
+  inputs, what, run = {
+      'predict': (_TEXT.value, '--text="..." to classify', predict.predict_checkpoint),
+      'generate': (_TEXT.value, '--text="..." to translate or summarize', predict.generate_checkpoint),
+      'transcribe': (_AUDIO.value, '--audio=FILE.wav', predict.transcribe_checkpoint),
+  }[_MODE.value]
+  if not inputs:
+    raise ConfigError(f'--mode={_MODE.value} needs at least one {what}')
+  for line in run(config, workdir, inputs):
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
 def run_mode(config, workdir: str) -> None:
   """What --mode (or --dry_run) asks for; raises ConfigError for bad input."""
   from bigjax import train  # jax, flax and TFDS load only for valid input
@@ -212,18 +228,8 @@ def run_mode(config, workdir: str) -> None:
     train.train_and_evaluate(config, workdir)
   elif _MODE.value == 'sample':
     _sample(config, workdir)
-  elif _MODE.value == 'predict':
-    if not _TEXT.value:
-      raise ConfigError('--mode=predict needs at least one --text="..." to classify')
-    from bigjax import predict
-    for line in predict.predict_checkpoint(config, workdir, _TEXT.value):
-      print(json.dumps(line), flush=True)
-  elif _MODE.value == 'generate':
-    if not _TEXT.value:
-      raise ConfigError('--mode=generate needs at least one --text="..." to translate or summarize')
-    from bigjax import predict
-    for line in predict.generate_checkpoint(config, workdir, _TEXT.value):
-      print(json.dumps(line, ensure_ascii=False), flush=True)
+  elif _MODE.value in ('predict', 'generate', 'transcribe'):
+    _predict(config, workdir)
   elif _MODE.value == 'explain':
     _explain(config, workdir)
   else:

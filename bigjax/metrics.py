@@ -89,3 +89,14 @@ def summary_scores(outputs: list[str], references: list[str]) -> dict:
   scores = [scorer.score(reference, output) for output, reference in zip(outputs, references)]
   return {name: 100 * float(np.mean([s[name].fmeasure for s in scores])) if scores else 0.0
           for name in ROUGE_TYPES}
+
+
+def speech_scores(outputs: list[str], references: list[str]) -> dict:
+  """Corpus word and character error rates (jiwer): errors over all reference words (characters)."""
+  import jiwer  # noqa: PLC0415 (only speech needs it)
+  if not references:
+    return {'wer': 0.0, 'cer': 0.0}
+  # jiwer refuses empty references (an utterance with no words); they are left out.
+  keep = [i for i, r in enumerate(references) if r.strip()]
+  outputs, references = [outputs[i] for i in keep], [references[i] for i in keep]
+  return {'wer': float(jiwer.wer(references, outputs)), 'cer': float(jiwer.cer(references, outputs))}

@@ -41,9 +41,12 @@ from bigjax.data import (
   digits,
   digits_multilabel,
   images,
+  librispeech,
   pairs,
   pipeline,
   python_stdlib,
+  speech,
+  spoken,
   stdlib_snippets,
   tokenizers,
 )
@@ -68,9 +71,11 @@ class DatasetSpec(NamedTuple):
   image_shape: tuple | None = None
   record: Callable | None = None  # a source example -> the features kept (default: all)
   large: bool = False  # does not fit in host memory: read with data.in_memory=False
+  speech: bool = False  # int16 'speech' at 16 kHz and its 'text' (bigjax/data/speech.py)
 
 
 _SPLITS = {'train': 'train', 'eval': 'validation', 'test': 'test'}  # ours -> TFDS's
+_LIBRISPEECH_TRAIN = 'train_clean100+train_clean360+train_other500'
 _VOC = dict(mean=images.IMAGENET_MEAN, std=images.IMAGENET_STD, image_shape=(None, None, 3),
             record=images.voc_record, multi_label=True)
 DATASETS = {
@@ -120,6 +125,17 @@ DATASETS = {
                                 text_feature='source', target_feature='target', builder_config='en-de'),
     'debian_en_fr': DatasetSpec('debian_translate/en-fr', _SPLITS, None, None, builder=debian.DebianTranslate,
                                 text_feature='source', target_feature='target', builder_config='en-fr'),
+    # Speech: characters (or sentencepiece units) from 16 kHz audio. LibriSpeech's 960 hours
+    # (train-clean-100, -360, train-other-500); test-clean and test-other are the two reported.
+    'librispeech': DatasetSpec('librispeech_np', {'train': _LIBRISPEECH_TRAIN, 'eval': 'dev_clean',
+                                                  'test': 'test_clean'}, None, None, speech=True, large=True,
+                               builder=librispeech.LibrispeechNp),
+    'librispeech_other': DatasetSpec('librispeech_np', {'train': _LIBRISPEECH_TRAIN, 'eval': 'dev_other',
+                                                        'test': 'test_other'}, None, None, speech=True,
+                                     large=True, builder=librispeech.LibrispeechNp),
+    # Offline: English sentences spoken by eSpeak NG voices, with held-out voices and sentences.
+    'spoken_corpus': DatasetSpec('spoken_corpus', _SPLITS, None, None, builder=spoken.SpokenCorpus,
+                                 speech=True),
     'debian_summaries': DatasetSpec('debian_summarize', _SPLITS, None, None, builder=debian.DebianSummarize,
                                     text_feature='description', target_feature='synopsis'),
 }
@@ -274,6 +290,8 @@ def _check_same_tokenizer(tokenizer) -> None:
 def _load(data_config, tokenizer_path: str | None) -> Dataset:
   spec = DATASETS[data_config.name]
   sources = _open_sources(spec, data_config)
+  if spec.speech:
+    return _load_speech(spec, data_config, sources, tokenizer_path)
   if spec.text_feature:
     return _load_text(spec, data_config, sources, tokenizer_path)
   check_config(data_config)
@@ -360,20 +378,26 @@ def _labelled_texts(source, spec, tokenizer, seq_len) -> dict:
 
 def check_config(data_config) -> None:
   """Text datasets need a known tokenizer, a length and (trained tokenizers) a vocabulary size;
-  bucketing needs padded texts (text classification); image options must fit the images."""
+  bucketing needs padded texts or utterances; image options must fit the images."""
   spec = DATASETS[data_config.name]
   bucket = data_config.get('bucket', 0)
-  check(bucket == 0 or (bucket > 0 and (spec.label_feature or spec.target_feature)), 'data.bucket', bucket,
-        'use 0 (off), or a width > 0 on a text classification or text pair dataset')
+  check(bucket == 0 or (bucket > 0 and (spec.label_feature or spec.target_feature or spec.speech)),
+        'data.bucket', bucket, 'use 0 (off), or a width > 0 on a text classification, text pair or speech '
+        'dataset')
   images.check_config(spec, data_config)
-  if not spec.text_feature:
+  if spec.speech:
+    speech.check_config(data_config)
+    check(data_config.tokenizer in ('byte', 'sentencepiece'), 'data.tokenizer', data_config.tokenizer,
+          'speech is spelled in characters (byte) or sentencepiece units')
+  elif not spec.text_feature:
     return
-  for field in ('tokenizer', 'seq_len'):
-    if field not in data_config:
-      raise ConfigError(f'config.data.{field} is missing: text dataset {data_config.name!r} needs '
-                        f'data.tokenizer and data.seq_len')
-  check_choice(data_config, 'data', 'tokenizer', tokenizers.KINDS)
-  check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a length > 0')
+  else:
+    for field in ('tokenizer', 'seq_len'):
+      if field not in data_config:
+        raise ConfigError(f'config.data.{field} is missing: text dataset {data_config.name!r} needs '
+                          f'data.tokenizer and data.seq_len')
+    check_choice(data_config, 'data', 'tokenizer', tokenizers.KINDS)
+    check(data_config.seq_len > 0, 'data.seq_len', data_config.seq_len, 'use a length > 0')
   if spec.target_feature:
     if 'target_len' not in data_config:
       raise ConfigError(f'config.data.target_len is missing: text pairs {data_config.name!r} need a target '
@@ -384,7 +408,10 @@ def check_config(data_config) -> None:
     check(vocab_size > 3, 'data.vocab_size', vocab_size, f'use a {data_config.tokenizer} vocabulary size > 3')
 
 
-def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_path: str | None):
+def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_path: str | None, *,
+               texts=None):
+  """The run's tokenizer (saved_path), else one made from `texts()` (default: the text features of
+  the train split) or the data dir's cache of it."""
   if saved_path and epath.Path(saved_path).exists():
     tokenizer = tokenizers.load(saved_path)
     if tokenizer.kind != data_config.tokenizer:
@@ -392,8 +419,8 @@ def _tokenizer(spec: DatasetSpec, data_config, sources: dict, cache: str, saved_
                         f'uses a {tokenizer.kind!r} tokenizer ({saved_path}); use a new --workdir')
     return tokenizer
   features = [f for f in (spec.text_feature, spec.target_feature) if f]  # a pair: both sides
-  return tokenizers.get_or_train(data_config.tokenizer, data_config.get('vocab_size', 0), cache,
-                                 lambda: (t for f in features for t in _texts(sources['train'], f)))
+  texts = texts or (lambda: (t for f in features for t in _texts(sources['train'], f)))
+  return tokenizers.get_or_train(data_config.tokenizer, data_config.get('vocab_size', 0), cache, texts)
 
 
 def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: str | None) -> Dataset:
@@ -432,6 +459,16 @@ def _load_text(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: st
   if spec.target_feature:
     return Dataset(data_config.name, tokenizer.vocab_size, splits, pairs.pair_batch, tokenizer)
   return Dataset(data_config.name, tokenizer.vocab_size, splits, next_token_batch, tokenizer)
+
+
+def _load_speech(spec: DatasetSpec, data_config, sources: dict, tokenizer_path: str | None) -> Dataset:
+  check_config(data_config)
+  cache = files.join(files.path(_data_dir_for_humans(data_config.data_dir)), 'bigjax_cache', spec.tfds_name)
+  epath.Path(cache).mkdir(parents=True, exist_ok=True)
+  tokenizer = _tokenizer(spec, data_config, sources, cache, tokenizer_path,
+                         texts=lambda: speech.train_texts(sources['train']))
+  return Dataset(data_config.name, tokenizer.vocab_size, speech.splits(sources, tokenizer, data_config),
+                 speech.preprocess_for(data_config), tokenizer)
 
 
 def next_token_batch(batch: dict) -> dict:

@@ -12,7 +12,8 @@ Eval: every example exactly once, padded to whole batches; padding rows carry
 mask 0 so they count for nothing.
 
 Bucketing (`bucket` > 0, splits with 'tokens' padded at the end and each row's
-'length', or a pair's 'source' and 'target' with theirs): a batch's tokens are cut
+'length', a pair's 'source' and 'target' with theirs, or ragged 'audio' with its
+'audio_length', in samples): a batch's tokens are cut (its utterances padded)
 to the multiple of `bucket` that holds its longest row, and rows of similar length
 (a pair's: the longer of the two) are batched together, so short texts do not pay
 for long ones. Train batches are formed from windows of `_WINDOW` batches
@@ -33,10 +34,19 @@ def _stack(rows: list[dict], ragged=()) -> dict:
           for k in rows[0]}
 
 
-def _object_array(values: list) -> np.ndarray:
+def object_array(values: list) -> np.ndarray:
+  """One row per value, each kept whole (images or utterances of varied sizes)."""
   array = np.empty(len(values), object)
   array[:] = values
   return array
+
+
+def pad_rows(rows: list, width: int) -> np.ndarray:
+  """1-D rows of varied lengths (utterances) -> (len(rows), width), zero-padded at the end."""
+  out = np.zeros((len(rows), width), rows[0].dtype)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row[:width]
+  return out
 
 
 class Split:
@@ -53,7 +63,7 @@ class Split:
     self.source, self.record, self.ragged = source, record, tuple(ragged)
     if arrays is None and in_memory:
       arrays = self._read_source(range(len(source)))
-      arrays = {k: _object_array(v) if k in self.ragged else v for k, v in arrays.items()}
+      arrays = {k: object_array(v) if k in self.ragged else v for k, v in arrays.items()}
     self.arrays = arrays  # or given whole: {name: array with one row per example}
 
   def _read_source(self, indices) -> dict:
@@ -68,7 +78,7 @@ class Split:
     if not n or n >= len(self):
       return self
     arrays = self.arrays if self.arrays is not None else self.read(np.arange(n))
-    arrays = {k: _object_array(list(v[:n])) if k in self.ragged else v[:n] for k, v in arrays.items()}
+    arrays = {k: object_array(list(v[:n])) if k in self.ragged else v[:n] for k, v in arrays.items()}
     return Split(arrays=arrays, ragged=self.ragged)
 
   def read(self, indices) -> dict:
@@ -116,16 +126,17 @@ class _EpochOrder:
     return np.array([self.cache[e][p] for e, p in zip(epochs, positions % self.epoch_size)])
 
 
-# Padded token arrays a split may hold, and the array of each row's length beside them.
-PADDED = {'tokens': 'length', 'source': 'source_length', 'target': 'target_length'}
+# Padded token arrays a split may hold (or ragged audio), and the array of each row's length beside them.
+PADDED = {'tokens': 'length', 'source': 'source_length', 'target': 'target_length', 'audio': 'audio_length'}
 
 
 def _cut(batch: dict, global_lengths: dict, bucket: int) -> dict:
   """Each padded array cut to the multiple of `bucket` that holds the global batch's longest row."""
   cut = dict(batch)
   for key, lengths in global_lengths.items():
-    width = min(batch[key].shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)
-    cut[key] = batch[key][:, :width]
+    rows, width = batch[key], -(-max(int(lengths.max()), 1) // bucket) * bucket
+    # Ragged rows (utterances) are padded to that width, the same on every host.
+    cut[key] = pad_rows(rows, width) if isinstance(rows, list) else rows[:, :min(rows.shape[1], width)]
   return cut
 
 
@@ -136,7 +147,8 @@ def _lengths(split: Split, bucket: int) -> dict | None:
   present = {k: v for k, v in PADDED.items() if split.arrays is not None and k in split.arrays}
   if not present or any(v not in split.arrays for v in present.values()):
     raise ValueError('bucketing needs a split of padded tokens with their lengths (text datasets)')
-  return {k: np.minimum(split.arrays[v], split.arrays[k].shape[1]) for k, v in present.items()}
+  return {k: split.arrays[v] if split.arrays[k].ndim == 1 else  # ragged: each row as long as it is
+          np.minimum(split.arrays[v], split.arrays[k].shape[1]) for k, v in present.items()}
 
 
 def _sort_key(lengths: dict | None):

@@ -13,6 +13,7 @@ from bigjax import flops, sharding
 from bigjax.config import check, check_choice
 from bigjax.models.attention import IMPLEMENTATIONS
 from bigjax.models.cnn import BLOCKS, STEMS, LeNet, ResNet
+from bigjax.models.conformer import ENCODERS, NORMALIZATIONS, ConformerCTC
 from bigjax.models.layers import ACTIVATIONS, POOLINGS
 from bigjax.models.lstm import LSTMClassifier
 from bigjax.models.mlp import MLP
@@ -38,6 +39,7 @@ MODELS = {
     'transformer_classifier': TransformerClassifier,
     'transformer_seq2seq': TransformerSeq2Seq,
     'vit': ViT,
+    'conformer_ctc': ConformerCTC,
 }
 DTYPES = ('auto', 'float32', 'bfloat16')  # auto: bfloat16 on TPU and GPU, float32 on CPU
 
@@ -87,6 +89,7 @@ def check_config(model_config) -> None:
     check(model_config.query_blocks >= 1, 'model.query_blocks', model_config.query_blocks,
           'use 1 (one attention call) or more query chunks')
   _check_vision(model_config, merged)
+  _check_speech(model_config, merged)
   if model_config.name == 'transformer_classifier':
     check(merged['pooling'] != 'last', 'model.pooling', 'last',
           'an encoder has no last state: use mean or max')
@@ -108,6 +111,21 @@ def _check_vision(model_config, merged: dict) -> None:
     for field, allowed in (('stem', STEMS), ('block', BLOCKS)):
       if field in model_config:
         check_choice(model_config, 'model', field, allowed)
+
+
+def _check_speech(model_config, merged: dict) -> None:
+  """The Conformer-CTC's own choices."""
+  if model_config.name != 'conformer_ctc':
+    return
+  for field, allowed in (('normalize', NORMALIZATIONS), ('encoder', ENCODERS)):
+    if field in model_config:
+      check_choice(model_config, 'model', field, allowed)
+  for field in ('n_mels', 'conv_kernel', 'num_layers', 'lstm_layers', 'lstm_hidden'):
+    check(merged[field] >= 1, f'model.{field}', merged[field], 'use a positive integer')
+  for field in ('subsample_channels', 'freq_masks', 'freq_width', 'time_masks'):
+    check(merged[field] >= 0, f'model.{field}', merged[field], 'use 0 or more')
+  check(0 <= merged['time_width'] < 1, 'model.time_width', merged['time_width'],
+        "use a fraction in [0, 1) of an utterance's frames")
 
 
 # Model FLOPs per example for utilization figures; models not here use XLA's count.

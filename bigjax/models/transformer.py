@@ -209,11 +209,24 @@ class _ScanBlock(Block):
     return super().__call__(x, positions, valid), None
 
 
-def run_layers(block_kwargs: dict, x, positions, valid, *, num_layers: int, scan: bool, remat: str):
+@functools.cache
+def _scanned(block):
+  """A Block-like module class with nn.scan's signature, as _ScanBlock is for Block."""
+  class Scanned(block):
+    def __call__(self, x, positions, valid):
+      return super().__call__(x, positions, valid), None
+  return Scanned
+
+
+def run_layers(block_kwargs: dict, x, positions, valid, *, num_layers: int, scan: bool, remat: str,
+               block=None):
   """num_layers Blocks over x, called from a model's compact __call__: one traced layer under nn.scan
   (compile time flat in depth; params, the KV cache and sown intermediates stacked over a `layers`
-  axis) or unrolled as layer_0, layer_1, ...; either under the remat policy."""
-  block = _ScanBlock if scan else Block
+  axis) or unrolled as layer_0, layer_1, ...; either under the remat policy.
+  block: a Block-like module class with the same (x, positions, valid) call (default: Block)."""
+  block = block or Block
+  if scan:
+    block = _ScanBlock if block is Block else _scanned(block)
   if remat != 'none':
     block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
   if scan:

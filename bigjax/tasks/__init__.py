@@ -14,7 +14,8 @@ never branches on the task.
 Tasks judged over a whole split at once (translation, summarization, speech: what they generate;
 multi-label: average precision, which ranks every example) add two more:
   generate(model, variables, batch) -> per-example outputs, traced inside one jitted eval step: (B, L)
-    int32 ids of generated text, or (multi-label) each class's probability;
+    int32 ids of generated text, (speech) per-frame ids or log-probabilities and frame counts, or
+    (multi-label) each class's probability;
   score(batches, outputs) -> ({name: float}, [{'source', 'reference', 'output'}, ...]): on the host,
     over the first task.eval_generate_examples examples of the split (0: all), corpus-level metrics
     (BLEU, ROUGE, WER, mAP) from library scorers, and a few examples for the logs.
@@ -23,7 +24,7 @@ multi-label: average precision, which ranks every example) add two more:
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bigjax.tasks import classification, lm, multilabel, seq2seq
+from bigjax.tasks import classification, ctc, lm, multilabel, seq2seq
 
 
 def inputs_only(batch: dict) -> dict:
@@ -53,6 +54,7 @@ TASKS = {
     'multilabel': multilabel,
     'lm': lm,
     'seq2seq': seq2seq,
+    'ctc': ctc,
 }
 
 
