@@ -5,7 +5,7 @@
                                             [--steps_per_round 3] [--threads N] [--compile]
 
 The shape is experiments/spoken_conformer.py:offline's model at --size (tiny: 4 Conformer blocks x 144,
-4 heads, GELU FFN 4x, depthwise kernel 15, 64 subsampling channels), float32, AdamW at the experiment's lr and
+4 heads, GELU FFN 4x, depthwise kernel 15, 32 subsampling channels), float32, AdamW at the experiment's lr and
 weight decay (constant lr, no clipping), on random int16 audio of --seconds at 16 kHz (each utterance
 0.75 to 1 times that long, the rest padding) and random transcripts, with the randomness left out:
 no SpecAugment, dropout 0 (masks would differ between the frameworks). Each step starts from int16

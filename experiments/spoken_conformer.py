@@ -7,7 +7,11 @@
 :offline trains on the spoken corpus (bigjax/data/spoken.py): English sentences from the standard
 library's docstrings spoken by eSpeak NG voices at varied rates and pitches, with noise; its eval and
 test splits hold sentences and voices that train never hears. It is synthesized on first use.
-Result on a 2-core Xeon (AVX-512): RESULT.
+Result on a 2-core Xeon (AVX-512), from a fresh data dir: test CER 0.142, WER 0.477 (eval: 0.115,
+0.441) in 16 min 27 s, of which 1 min 50 s builds the corpus; 1,400 steps at 1.5-2.0 steps/s.
+Greedy decoding; the WER is high because a misspelt word counts whole, and the test's sentences hold
+words train never spells. New sentences in voices no split uses, through --mode=transcribe: CER
+0.116 (en-us+edward), 0.204 (en+linda) and 0.525 (en-gb-scotland+benjamin).
 
 The model's front end (log-mel, per-utterance normalization, SpecAugment) runs on the device inside
 the step; the host moves int16 samples (bigjax/audio.py). Batches are bucketed by duration.
@@ -21,7 +25,7 @@ from bigjax.models import conformer
 
 VARIANTS = {
     # name: (size, batch, steps, lr, warmup)
-    'offline': ('tiny', 32, 1200, 2e-3, 150),
+    'offline': ('tiny', 32, 1400, 2e-3, 150),
 }
 
 
@@ -40,7 +44,6 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
   c.data.bucket = 8000  # samples: batches padded to the next half second of their longest utterance
 
   c.model = ml_collections.ConfigDict({'name': 'conformer_ctc', **conformer.SIZES[size]})
-  c.model.subsample_channels = 32  # the subsampling convs cost more than the encoder at 64
   c.model.dropout = 0.1
   c.model.scan_layers = False  # unrolled: faster on CPU at this depth
   c.optim.name = 'adamw'
@@ -52,7 +55,7 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
 
   c.train.steps = steps
   c.train.batch_size = batch
-  c.train.eval_every = 400
+  c.train.eval_every = 350
   c.train.log_every = 100
   c.checkpoint.every = 500
   return c

@@ -130,3 +130,15 @@ def test_bad_choice_is_a_config_error():
   x, lengths = _audio([16000], 16000)
   with pytest.raises(ConfigError, match='encoder'):
     _init(ConformerCTC(num_outputs=7, encoder='rnn', **SMALL), x, lengths)
+
+
+def test_the_cpu_depthwise_convolution_equals_the_grouped_convolution():
+  """bigjax.cpu.depthwise's shifted sums (CPU) against the lax.conv accelerators run, odd and even kernels."""
+  from bigjax.cpu import depthwise  # noqa: PLC0415
+  x = jax.random.normal(jax.random.key(0), (2, 40, 6))
+  for k in (15, 32):
+    kernel = jax.random.normal(jax.random.key(k), (k, 1, 6))
+    before = (k - 1) // 2
+    reference = jax.lax.conv_general_dilated(x, kernel, (1,), [(before, k - 1 - before)],
+                                             dimension_numbers=('NWC', 'WIO', 'NWC'), feature_group_count=6)
+    np.testing.assert_allclose(depthwise.conv1d(x, kernel), reference, rtol=1e-5, atol=1e-5)

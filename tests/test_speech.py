@@ -192,6 +192,7 @@ def test_a_missing_or_malformed_wav_is_one_line_and_exit_2(tmp_path, content):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_a_ctc_run_killed_and_resumed_ends_where_an_unbroken_one_does(corpus, tmp_path):
   reference = tmp_path / 'reference'
   assert run_main(*_args(corpus, reference)).returncode == 0

@@ -17,8 +17,9 @@ split: a transcription check in yet another voice.
 Sizes: 12,000 train, 600 validation and 600 test utterances, each at most 6 s (longer ones are
 skipped), 2.6 s on average: 8.9 + 0.43 + 0.43 hours, 1.1 GB of int16 (0.95 GB on disk). Every random
 choice comes from (a constant, split, utterance index), and eSpeak is reloaded for each utterance, so
-a build is bitwise identical to the last one on the same machine. Preparing it takes about 3.5 minutes
-on 2 cores and 1.5 GB of memory, in WORKERS processes (started with 'spawn': a script that prepares it
+every build on one machine holds bitwise the same examples (the ArrayRecord files' bytes may differ).
+Preparing it takes about 2 minutes on an idle 2-core machine (3.5 on a busy one) and 1.5 GB of memory,
+in WORKERS processes (started with 'spawn': a script that prepares it
 needs an `if __name__ == '__main__'` guard).
 """
 

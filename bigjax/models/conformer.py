@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from bigjax import audio
 from bigjax.config import ConfigError
+from bigjax.cpu import depthwise
 from bigjax.models.layers import dense, token_dot_general, token_matmul
 from bigjax.models.lstm import LSTM
 from bigjax.models.transformer import Attention, Mlp, _init, _norm, run_layers
@@ -35,7 +36,7 @@ ENCODERS = ('conformer', 'lstm')
 # tiny: a 2-core CPU run; small: Conformer-S's shape (d_model 144, 16 layers, 4 heads, kernel 32).
 SIZES = {
     'tiny': dict(d_model=144, num_layers=4, num_heads=4, conv_kernel=15, ffn_ratio=4.0,
-                 subsample_channels=64),
+                 subsample_channels=32),  # at 64 the subsampling convs cost more than the encoder
     'small': dict(d_model=144, num_layers=16, num_heads=4, conv_kernel=32, ffn_ratio=4.0,
                   subsample_channels=144),
 }
@@ -96,6 +97,20 @@ class Subsampling(nn.Module):
     return _mask(x, valid), valid
 
 
+class Depthwise(nn.Module):
+  """nn.Conv's depthwise 'SAME' convolution over time (its parameters: kernel (K, 1, C), bias), computed
+  by bigjax.cpu.depthwise: shifted multiply-adds on CPU, one grouped convolution elsewhere."""
+  kernel: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    kernel = self.param('kernel', _init((None, None, 'mlp'), _LECUN), (self.kernel, 1, c))
+    bias = self.param('bias', _init(('mlp',), _ZEROS), (c,))
+    return depthwise.conv1d(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class ConvModule(nn.Module):
   """LayerNorm -> pointwise Dense to 2d -> GLU -> depthwise conv over time -> LayerNorm -> swish ->
   pointwise Dense -> dropout.
@@ -117,9 +132,7 @@ class ConvModule(nn.Module):
     h = linear(2 * d, kernel_init=_init(('embed', 'mlp')), bias_init=_init(('mlp',), _ZEROS),
                name='pointwise_in')(h)
     h = _mask(nn.glu(h, axis=-1), valid)  # the conv must read padding as zeros
-    h = nn.Conv(d, (self.kernel,), feature_group_count=d, padding='SAME', dtype=self.dtype, name='depthwise',
-                kernel_init=_init((None, None, 'mlp'), _LECUN),
-                bias_init=_init(('mlp',), _ZEROS))(h)
+    h = Depthwise(self.kernel, self.dtype, name='depthwise')(h)
     h = nn.swish(_norm('layernorm', self.dtype, 'conv_norm')(h))
     h = linear(d, kernel_init=_init(('mlp', 'embed')), bias_init=_init(('embed',), _ZEROS),
                name='pointwise_out')(h)
@@ -164,7 +177,7 @@ class ConformerCTC(nn.Module):
   freq_width: int = 27
   time_masks: int = 2
   time_width: float = 0.05  # the widest time mask, as a fraction of the utterance's frames
-  subsample_channels: int = 64  # 0: d_model
+  subsample_channels: int = 32  # 0: d_model
   encoder: str = 'conformer'  # ENCODERS
   d_model: int = 144
   num_layers: int = 4
