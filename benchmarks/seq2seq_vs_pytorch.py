@@ -356,6 +356,50 @@ def process_usage() -> tuple[float, int]:
   return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
+def interleaved_rounds(contenders: dict, batches, per_step: float, unit: str, args, *, log) -> dict:
+  """The protocol's timed part: args.warmup_rounds untimed rounds, then args.rounds rounds in which
+  each contender runs the same args.steps_per_round batches in turn (drifting machine load hits every
+  contender), one log line per round. Returns the summary: each contender's median rate of `unit`
+  (per_step of them a step), `ratio` (the median of the rounds' bigjax / pytorch ratios), the median
+  CPU seconds per step (diagnostics: PyTorch's OpenMP threads count their spinning in theirs), and the
+  load average at the end."""
+  rates = {name: [] for name in contenders}
+  cpu_s = {name: [] for name in contenders}
+  short = {'tokens': 'tok', 'images': 'img', 'utterances': 'utt'}.get(unit, unit)
+  for r in range(-args.warmup_rounds, args.rounds):
+    round_batches = batches.take(args.steps_per_round)
+    parts, round_rates = [], {}
+    for name, runner in contenders.items():
+      cpu_start, faults_start = process_usage()
+      seconds, loss = timed(runner, round_batches)
+      cpu_end, faults_end = process_usage()
+      steps = len(round_batches)
+      round_rates[name] = per_step * steps / seconds
+      if r >= 0:
+        rates[name].append(round_rates[name])
+        cpu_s[name].append((cpu_end - cpu_start) / steps)
+      parts.append(f'{name} {round_rates[name]:7.1f} {short}/s ({seconds / steps:.2f} s/step, '
+                   f'cpu {(cpu_end - cpu_start) / steps:.2f} s/step, '
+                   f'{(faults_end - faults_start) // steps} faults/step, loss {loss:.4f})')
+    ratio = round_rates['bigjax'] / round_rates['pytorch']
+    label = f'round {r + 1}/{args.rounds}' if r >= 0 else f'warmup round {r + args.warmup_rounds + 1}'
+    log(f'{label}: ' + ' | '.join(parts) + f' | ratio {ratio:.3f}')
+  load_end = os.getloadavg()
+  log(f'load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}')
+  median = {name: statistics.median(values) for name, values in rates.items()}
+  result = {f'bigjax_{unit}_per_s': round(median['bigjax'], 3),
+            f'pytorch_{unit}_per_s': round(median['pytorch'], 3),
+            'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
+            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4),
+            'bigjax_cpu_s_per_step': round(statistics.median(cpu_s['bigjax']), 3),
+            'pytorch_cpu_s_per_step': round(statistics.median(cpu_s['pytorch']), 3)}
+  if 'pytorch_compile' in rates:
+    result[f'pytorch_compile_{unit}_per_s'] = round(median['pytorch_compile'], 3)
+    result['compile_ratio'] = round(median_ratio(rates['bigjax'], rates['pytorch_compile']), 4)
+  result['loadavg_end'] = round(load_end[0], 2)
+  return result
+
+
 def build(args, log):
   """The contenders, all at bigjax's initial weights, and the batches they share."""
   config = bigjax_config(args)
@@ -417,45 +461,11 @@ def main(argv=None) -> dict:
     log(f'warmup {name}: {seconds:.1f} s, loss {loss:.4f}')
 
   tokens_per_step = a.s.batch_size * config.data.target_len  # target tokens: the task's unit
-  rates = {name: [] for name in contenders}
-  cpu_s = {name: [] for name in contenders}
-  for r in range(-args.warmup_rounds, args.rounds):
-    round_batches = batches.take(args.steps_per_round)
-    parts, round_rates = [], {}
-    for name, runner in contenders.items():  # interleaved: drifting machine load hits every contender
-      cpu_start, faults_start = process_usage()
-      seconds, loss = timed(runner, round_batches)
-      cpu_end, faults_end = process_usage()
-      steps = len(round_batches)
-      round_rates[name] = tokens_per_step * steps / seconds
-      if r >= 0:
-        rates[name].append(round_rates[name])
-        cpu_s[name].append((cpu_end - cpu_start) / steps)
-      parts.append(f'{name} {round_rates[name]:7.1f} tok/s ({seconds / steps:.2f} s/step, '
-                   f'cpu {(cpu_end - cpu_start) / steps:.2f} s/step, '
-                   f'{(faults_end - faults_start) // steps} faults/step, loss {loss:.4f})')
-    ratio = round_rates['bigjax'] / round_rates['pytorch']
-    label = f'round {r + 1}/{args.rounds}' if r >= 0 else f'warmup round {r + args.warmup_rounds + 1}'
-    log(f'{label}: ' + ' | '.join(parts) + f' | ratio {ratio:.3f}')
-  load_end = os.getloadavg()
-  log(f'load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}')
-
-  median = {name: statistics.median(values) for name, values in rates.items()}
-  result = {'bigjax_tokens_per_s': round(median['bigjax'], 2),
-            'pytorch_tokens_per_s': round(median['pytorch'], 2),
-            'ratio': round(median_ratio(rates['bigjax'], rates['pytorch']), 4),
-            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4),
-            # Diagnostics, not the result: median CPU seconds per step (PyTorch's OpenMP threads count
-            # their spinning in theirs).
-            'bigjax_cpu_s_per_step': round(statistics.median(cpu_s['bigjax']), 3),
-            'pytorch_cpu_s_per_step': round(statistics.median(cpu_s['pytorch']), 3)}
-  if args.compile:
-    result['pytorch_compile_tokens_per_s'] = round(median['pytorch_compile'], 2)
-    result['compile_ratio'] = round(median_ratio(rates['bigjax'], rates['pytorch_compile']), 4)
+  result = interleaved_rounds(contenders, batches, tokens_per_step, 'tokens', args, log=log)
   result.update(rounds=args.rounds, steps_per_round=args.steps_per_round, warmup_steps=args.warmup_steps,
                 warmup_rounds=args.warmup_rounds,
                 threads=args.threads, batch=a.s.batch_size, length=args.length,
-                loadavg_start=round(load_start[0], 2), loadavg_end=round(load_end[0], 2))
+                loadavg_start=round(load_start[0], 2))
   print(json.dumps(result), flush=True)
   return result
 

@@ -36,7 +36,6 @@ import functools
 import importlib.util
 import json
 import os
-import statistics
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -332,45 +331,12 @@ def main(argv=None) -> dict:
     log(f'warmup {name}: {seconds:.1f} s, loss {loss:.4f}')
   check_same_model(a, contenders['pytorch'].model, check_batch, log, f'after {args.warmup_steps} steps')
 
-  rates = {name: [] for name in contenders}
-  cpu_s = {name: [] for name in contenders}
-  for r in range(-args.warmup_rounds, args.rounds):
-    round_batches = batches.take(args.steps_per_round)
-    parts, round_rates = [], {}
-    for name, runner in contenders.items():  # interleaved: drifting machine load hits every contender
-      cpu_start, faults_start = common.process_usage()
-      seconds, loss = common.timed(runner, round_batches)
-      cpu_end, faults_end = common.process_usage()
-      steps = len(round_batches)
-      round_rates[name] = args.batch * steps / seconds
-      if r >= 0:
-        rates[name].append(round_rates[name])
-        cpu_s[name].append((cpu_end - cpu_start) / steps)
-      parts.append(f'{name} {round_rates[name]:6.2f} img/s ({seconds / steps:.2f} s/step, '
-                   f'cpu {(cpu_end - cpu_start) / steps:.2f} s/step, '
-                   f'{(faults_end - faults_start) // steps} faults/step, loss {loss:.4f})')
-    ratio = round_rates['bigjax'] / round_rates['pytorch']
-    label = f'round {r + 1}/{args.rounds}' if r >= 0 else f'warmup round {r + args.warmup_rounds + 1}'
-    log(f'{label}: ' + ' | '.join(parts) + f' | ratio {ratio:.3f}')
-  load_end = os.getloadavg()
-  log(f'load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}')
-
-  median = {name: statistics.median(values) for name, values in rates.items()}
-  result = {'bigjax_images_per_s': round(median['bigjax'], 3),
-            'pytorch_images_per_s': round(median['pytorch'], 3),
-            'ratio': round(common.median_ratio(rates['bigjax'], rates['pytorch']), 4),
-            'ratio_of_median_rates': round(median['bigjax'] / median['pytorch'], 4),
-            # Diagnostics, not the result: median CPU seconds per step.
-            'bigjax_cpu_s_per_step': round(statistics.median(cpu_s['bigjax']), 3),
-            'pytorch_cpu_s_per_step': round(statistics.median(cpu_s['pytorch']), 3)}
-  if args.compile:
-    result['pytorch_compile_images_per_s'] = round(median['pytorch_compile'], 3)
-    result['compile_ratio'] = round(common.median_ratio(rates['bigjax'], rates['pytorch_compile']), 4)
+  result = common.interleaved_rounds(contenders, batches, args.batch, 'images', args, log=log)
   result.update(size=args.size, batch=args.batch, image_size=args.image_size, classes=args.classes,
                 cpu_matmul=args.cpu_matmul, scan_layers=args.scan_layers, rounds=args.rounds,
                 steps_per_round=args.steps_per_round,
                 warmup_steps=args.warmup_steps, warmup_rounds=args.warmup_rounds, threads=args.threads,
-                loadavg_start=round(load_start[0], 2), loadavg_end=round(load_end[0], 2))
+                loadavg_start=round(load_start[0], 2))
   print(json.dumps(result), flush=True)
   return result
 

@@ -61,6 +61,7 @@ def test_padding_never_changes_real_frames(encoder):
   np.testing.assert_allclose(got[0, :14], expected[0], atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.slow  # CI's budget
 def test_scanned_and_unrolled_layers_agree():
   x, lengths = _audio([8000, 6000], 8000)
   scanned = ConformerCTC(num_outputs=7, scan_layers=True, **SMALL)
@@ -75,6 +76,7 @@ def test_scanned_and_unrolled_layers_agree():
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # CI's budget
 def test_spec_augment_only_in_training():
   model = ConformerCTC(num_outputs=7, **SMALL)
   x, lengths = _audio([8000, 6000], 8000)
@@ -88,6 +90,7 @@ def test_spec_augment_only_in_training():
   np.testing.assert_allclose(run(one, False), eval_logits, atol=1e-6)
 
 
+@pytest.mark.slow  # CI's budget
 def test_global_normalization_keeps_running_statistics():
   model = ConformerCTC(num_outputs=7, normalize='global', **SMALL)
   x, lengths = _audio([8000, 6000], 8000)
@@ -99,6 +102,7 @@ def test_global_normalization_keeps_running_statistics():
   assert not np.allclose(updates['batch_stats']['global_norm']['mean'], stats['mean'])
 
 
+@pytest.mark.slow  # CI's budget
 def test_ctc_gradients_are_finite():
   model = ConformerCTC(num_outputs=7, **{**SMALL, 'dropout': 0.1, 'num_layers': 1})
   x, lengths = _audio([8000, 6000], 8000)

@@ -151,6 +151,7 @@ def _args(data_dir, workdir, *more, steps=6):
           '--config.optim.warmup_steps=0', *more)
 
 
+@pytest.mark.slow  # 46 s: CI's budget
 def test_a_speech_run_trains_scores_and_transcribes(corpus, tmp_path):
   workdir = tmp_path / 'run'
   result = run_main(*_args(corpus, workdir))

@@ -235,6 +235,7 @@ def test_report_from_fixture_runs(tmp_path):
   assert result.stdout == markdown
 
 
+@pytest.mark.slow  # CI's budget: the sweep's own logic is tested above with a fake trainer
 def test_sweep_over_the_real_trainer(tmp_path, data_dir):
   """bigjax.main itself: a variant trains and is scored, a bad one is a recorded failure."""
   sweep_file = _sweep_file(tmp_path, "sweep('model.activation', ['tanh', 'swish'])")

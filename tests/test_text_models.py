@@ -121,7 +121,8 @@ def test_word_dropout_zeroes_whole_embeddings_in_training_only():
 
 @pytest.mark.parametrize('model', [
     LSTMClassifier(2, vocab_size=12, embed_dim=16, hidden=32, bidirectional=True, pooling='max'),
-    TransformerClassifier(2, vocab_size=12, d_model=32, num_heads=2, dropout=0.0, pooling='max')],
+    pytest.param(TransformerClassifier(2, vocab_size=12, d_model=32, num_heads=2, dropout=0.0, pooling='max'),
+                 marks=pytest.mark.slow)],  # CI's budget
     ids=['lstm', 'transformer'])
 def test_learns_whether_a_token_occurs(model):
   """Label 1 iff token 3 occurs in a variable-length sequence: needs the whole sequence, ignores pads."""

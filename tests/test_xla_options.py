@@ -79,7 +79,7 @@ def test_a_long_dot_scaled_by_a_constant_is_compiled_without_onednn_and_computes
     np.testing.assert_allclose(step(a, w), jax.jit(_mean_of_196)(a, w), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mlp, atol', [('gelu', 1e-5), ('swiglu', 1e-4)])
+@pytest.mark.parametrize('mlp, atol', [('gelu', 1e-5), pytest.param('swiglu', 1e-4, marks=pytest.mark.slow)])
 def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, atol):
   """Every matmul of the step is oneDNN's, nothing fell back: query/key/value, and SwiGLU's gate
   and up, are one matmul each (as two, their summed input gradients are an unsafe fusion). atol:

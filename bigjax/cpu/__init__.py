@@ -53,6 +53,11 @@ argmax.py: `argmax_equals`, the accuracy's argmax(logits) == labels without XLA:
   variadic argmax reduction (the seq2seq task's accuracy over a 4,096-id vocabulary). Applies: on
   the CPU backend; elsewhere it is the plain argmax. Seam: bigjax/tasks/seq2seq.py calls it.
 
+depthwise.py: the Conformer's depthwise convolution over time as kernel-size shifted multiply-adds,
+  which XLA fuses, instead of XLA:CPU's slow grouped convolution (forward and backward). Applies: on
+  the CPU backend; elsewhere one lax.conv. Seam: bigjax/models/conformer.py's Depthwise calls
+  `depthwise.conv1d`, with nn.Conv's parameters either way.
+
 docs/performance.md has the measurements behind each piece, and the benchmarks that took them.
 """
 

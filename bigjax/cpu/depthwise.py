@@ -18,7 +18,8 @@ def conv1d(x, kernel):
   k, before = kernel.shape[0], (kernel.shape[0] - 1) // 2
   if sharding.platform() != 'cpu':
     return jax.lax.conv_general_dilated(x, kernel, (1,), [(before, k - 1 - before)],
-                                        dimension_numbers=('NWC', 'WIO', 'NWC'), feature_group_count=x.shape[-1])
+                                        dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                        feature_group_count=x.shape[-1])
   padded = jnp.pad(x, ((0, 0), (before, k - 1 - before), (0, 0)))
   t = x.shape[1]
   return sum(padded[:, i:i + t] * kernel[i, 0] for i in range(k))
