@@ -40,7 +40,7 @@ def _dataset(config) -> data.Dataset:
     return data.load(config.data)
   except ConfigError:
     spec = data.DATASETS[config.data.name]
-    if not (spec.text_feature or spec.image_shape):
+    if not (spec.text_feature or spec.image_shape or spec.speech):
       raise
     logging.warning('%s is not prepared here: compiling with a placeholder of the configured shapes.',
                     spec.tfds_name)

@@ -57,9 +57,9 @@ class LibrispeechNp(tfds.core.GeneratorBasedBuilder):
     found = {part: os.path.join(root, folder) for part, folder in PARTS.items()
              if os.path.isdir(os.path.join(root, folder))}
     if not found:
-      raise ConfigError(f'LibriSpeech is not prepared and {root} holds none of its parts: extract its '
-                        'archives into a folder DIR (bigjax/data/librispeech.py says how) and pass '
-                        '--config.data.source_dir=DIR')
+      where = f'{root} holds none of its parts' if self.source_dir else 'no data.source_dir is given'
+      raise ConfigError(f'LibriSpeech is not prepared and {where}: extract its archives into a folder DIR '
+                        '(bigjax/data/librispeech.py says how) and pass --config.data.source_dir=DIR')
     return {part: self._generate_examples(path) for part, path in found.items()}
 
   def _generate_examples(self, path):
