@@ -206,3 +206,10 @@ def test_a_ctc_run_killed_and_resumed_ends_where_an_unbroken_one_does(corpus, tm
   for split in ('eval', 'test'):
     ours, theirs = read_metrics(workdir, split)[-1], read_metrics(reference, split)[-1]
     assert {k: v for k, v in ours.items() if k != 'time'} == {k: v for k, v in theirs.items() if k != 'time'}
+
+
+def test_a_speech_placeholder_has_the_configured_shapes_for_dry_runs():
+  ds = data.placeholder(_data_config(in_memory=False, bucket=0, max_seconds=2.0, target_len=50), rows=4)
+  batch = next(pipeline.eval_batches(ds.splits['train'], ds.preprocess, 4))
+  assert batch['inputs'].shape == (4, 32000) and batch['inputs'].dtype == np.int16
+  assert batch['labels'].shape == (4, 50) and ds.num_classes == 259
