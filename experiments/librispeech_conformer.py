@@ -1,7 +1,7 @@
 """Conformer-S with a CTC head over characters on LibriSpeech's 960 hours (GPU/TPU).
 
-  python -m bigjax.main --config=experiments/librispeech_conformer.py --config.data.source_dir=DIR
-  python -m bigjax.main --config=experiments/librispeech_conformer.py --mode=eval \
+  python -m bigjax.main --config=experiments/librispeech_conformer.py:small --config.data.source_dir=DIR
+  python -m bigjax.main --config=experiments/librispeech_conformer.py:small --mode=eval \
       --config.data.name=librispeech_other                  # dev-other and test-other
 
 It needs the data prepared: LibriSpeech's archives extracted into DIR (bigjax/data/librispeech.py
@@ -21,7 +21,8 @@ from bigjax.config import base_config
 from bigjax.models import conformer
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(size: str = 'small') -> ml_collections.ConfigDict:
+  """size: a conformer.SIZES name (small: Conformer-S; tiny: the CPU model, for a quick look)."""
   c = base_config()
   c.task = ml_collections.ConfigDict({'name': 'ctc', 'beam_size': 1, 'eval_generate_examples': 1000})
   c.data.name = 'librispeech'  # librispeech_other: dev-other and test-other instead of the clean ones
@@ -32,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source_dir = ''  # the extracted archives, read once to prepare the ArrayRecord dataset
   c.data.workers = 4
 
-  c.model = ml_collections.ConfigDict({'name': 'conformer_ctc', **conformer.SIZES['small']})
+  c.model = ml_collections.ConfigDict({'name': 'conformer_ctc', **conformer.SIZES[size]})
   c.model.dropout = 0.1
   c.model.dtype = 'auto'  # bfloat16 on TPU and GPU
   c.model.scan_layers = True
