@@ -146,6 +146,7 @@ def test_the_scorer_reports_sacrebleu_on_the_real_rows(lists, tmp_path):
   assert scores['generated'] == 3 and examples[0]['output'] == references[1]
 
 
+@pytest.mark.slow  # 26 s: CI's budget (the scorers and decoding have their own tests here)
 def test_translation_trains_generates_and_writes_its_scores(lists, tmp_path):
   workdir = tmp_path / 'run'
   result = run_main(*_args(lists, tmp_path / 'data', workdir))

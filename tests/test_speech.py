@@ -180,7 +180,8 @@ def run_module(module, *args):
                         timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
-@pytest.mark.parametrize('content', [None, b'not a wav at all', b''])
+@pytest.mark.parametrize('content', [pytest.param(None, marks=pytest.mark.slow), b'not a wav at all',
+                                     pytest.param(b'', marks=pytest.mark.slow)])  # CI's budget
 def test_a_missing_or_malformed_wav_is_one_line_and_exit_2(tmp_path, content):
   path = tmp_path / 'bad.wav'
   if content is not None:
