@@ -49,7 +49,7 @@ def test_shapes_and_valid_frames():
   assert np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.parametrize('encoder', ['conformer', pytest.param('lstm', marks=pytest.mark.slow)])  # CI's budget
+@pytest.mark.parametrize('encoder', ['conformer', pytest.param('lstm', marks=pytest.mark.slow)])  # CI budget
 def test_padding_never_changes_real_frames(encoder):
   model = ConformerCTC(num_outputs=11, encoder=encoder, lstm_layers=1, lstm_hidden=16, **SMALL)
   alone, length = _audio([9000], 9000)
