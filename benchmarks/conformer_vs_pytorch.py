@@ -29,7 +29,6 @@ rounds' bigjax / pytorch ratios (>1: bigjax is faster). The last stdout line is 
 import argparse
 import copy
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -86,11 +85,7 @@ def bigjax_config(args):
   """experiments/spoken_conformer.py at --size, its randomness off (see the docstring)."""
   from bigjax.config import validate
   from bigjax.models import conformer
-  path = os.path.join(REPO, 'experiments', 'spoken_conformer.py')
-  spec = importlib.util.spec_from_file_location('_spoken_conformer', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('offline')
+  config = common.experiment_config('spoken_conformer', 'offline')
   config.model.update(conformer.SIZES[args.size])
   config.model.spec_augment = False
   config.model.dropout = 0.0
@@ -276,13 +271,7 @@ class Torch:
 
   def __init__(self, model: ConformerCTC, lr: float, weight_decay: float, compile_model: bool = False):
     self.model = model.train()
-    # bigjax's adamw decays every weight but the norms' scales and the biases (optim.decayed).
-    norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-    kept = lambda name, p: id(p) in norms or name.endswith('bias')
-    decay = [p for name, p in model.named_parameters() if not kept(name, p)]
-    no_decay = [p for name, p in model.named_parameters() if kept(name, p)]
-    self.optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr)
+    self.optimizer = common.adamw_like_bigjax(model, lr, weight_decay)
     self.loss = torch.compile(model) if compile_model else model
 
   def run(self, batches) -> float:

@@ -110,14 +110,29 @@ def set_threads(n: int) -> None:
 
 # --------------------------------------------------------------------------- A: bigjax
 
+def experiment_config(name: str, variant: str):
+  """experiments/<name>.py's get_config(variant), loaded from its file (experiments/ is no package)."""
+  spec = importlib.util.spec_from_file_location(f'_{name}', os.path.join(REPO, 'experiments', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def adamw_like_bigjax(model, lr: float, weight_decay: float):
+  """torch AdamW that decays what bigjax's adamw decays: every weight but the norms' scales and the
+  biases (optim.decayed)."""
+  norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+  named = list(model.named_parameters())
+  kept = [p for name, p in named if id(p) in norms or name.endswith('bias')]
+  decay = [p for _, p in named if all(p is not k for k in kept)]
+  return torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
+                            {'params': kept, 'weight_decay': 0.0}], lr=lr)
+
+
 def bigjax_config(args):
   """experiments/translate.py:offline, made the model nn.Transformer can be (see the docstring)."""
   from bigjax.config import validate
-  path = os.path.join(REPO, 'experiments', 'translate.py')
-  spec = importlib.util.spec_from_file_location('_translate', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('offline')
+  config = experiment_config('translate', 'offline')
   if args.data_dir:
     config.data.data_dir = args.data_dir
   config.data.seq_len = config.data.target_len = args.length

@@ -33,7 +33,6 @@ line is JSON:
 import argparse
 import copy
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -94,11 +93,7 @@ def parse_args(argv=None):
 def bigjax_config(args):
   """experiments/imagenet_vit.py at --size, its data-side work off (see the docstring)."""
   from bigjax.config import validate
-  path = os.path.join(REPO, 'experiments', 'imagenet_vit.py')
-  spec = importlib.util.spec_from_file_location('_imagenet_vit', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(args.size)
+  config = common.experiment_config('imagenet_vit', args.size)
   config.data.augment.crop, config.data.augment.flip = 'none', False  # the batches are random arrays
   config.data.workers = 0
   config.task.mixup = config.task.cutmix = config.task.label_smoothing = 0.0
@@ -240,13 +235,7 @@ class Torch:
 
   def __init__(self, model: ViT, lr: float, weight_decay: float, compile_model: bool = False):
     self.model = model.train()
-    # bigjax's adamw decays every weight but the norms' scales and the biases (optim.decayed).
-    norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-    kept = lambda name, p: id(p) in norms or name.endswith('bias')
-    decay = [p for name, p in model.named_parameters() if not kept(name, p)]
-    no_decay = [p for name, p in model.named_parameters() if kept(name, p)]
-    self.optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr)
+    self.optimizer = common.adamw_like_bigjax(model, lr, weight_decay)
     self.loss = torch.compile(model) if compile_model else model
 
   def run(self, batches) -> float:
