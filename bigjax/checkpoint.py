@@ -317,3 +317,23 @@ def load_params(path: str, abstract_params):
   restored = ocp.StandardCheckpointer().restore(state_dir)  # host arrays; placed by the caller
   flat = {k[len('params/'):]: v for k, v in _leaves_by_name(restored).items() if k.startswith('params/')}
   return {k: np.asarray(flat[k]) for k in matches}, step, skipped
+
+
+def variables_mismatch(path: str, step: int, abstract: dict) -> str | None:
+  """How another run's checkpoint `step` differs from `abstract` ({'params', 'model_state'}) in
+  shapes, in one line, or None: opt_state and the counters are not compared."""
+  saved = _state_shapes(_state_dir(files.path(path) / 'checkpoints', step))
+  saved = {k: v for k, v in saved.items() if k.startswith(('params/', 'model_state/'))}
+  return first_mismatch(saved, shapes(abstract))
+
+
+def read_variables(path: str, step: int, abstract: dict) -> dict:
+  """Another run's {'params', 'model_state'} at `step`, placed as `abstract` (ShapeDtypeStructs with
+  shardings) says: a distillation teacher. Read on the host, as checkpoint.init_from reads."""
+  restored = ocp.StandardCheckpointer().restore(_state_dir(files.path(path) / 'checkpoints', step))
+  flat = _leaves_by_name(restored)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  placed = [jax.device_put(np.asarray(flat[_path_name(p)]).astype(leaf.dtype), leaf.sharding)
+            for p, leaf in leaves]
+  logging.info('Read the teacher from %s (step %d): %d arrays.', path, step, len(placed))
+  return jax.tree_util.tree_unflatten(treedef, placed)

@@ -125,8 +125,19 @@ def base_config() -> ml_collections.ConfigDict:
   # is refused unless this is True.
   c.checkpoint.allow_config_change = False
 
-  c.debug = ml_collections.ConfigDict()
-  c.debug.nan_at_step = 0  # > 0: that step's loss is NaN (steps count from 1, as logged; tests on_nonfinite)
+  c.distill = ml_collections.ConfigDict({
+      # Knowledge distillation: a trained run's workdir ('' = off). The student learns from its outputs,
+      # softened by the temperature: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * task loss.
+      'teacher': '',
+      'alpha': 0.5,
+      'temperature': 2.0,
+  })
+  # Quantization-aware training (qwix fake quantization, bigjax/quantize.py): '' (off) | int8 |
+  # int8_weights | int4_weights. Export with python -m bigjax.quantize, as for a float run.
+  c.quant = ml_collections.ConfigDict({'mode': ''})
+
+  # debug.nan_at_step > 0: that step's loss is NaN (steps count from 1, as logged; tests on_nonfinite)
+  c.debug = ml_collections.ConfigDict({'nan_at_step': 0})
 
   # Device mesh: sizes multiply to the device count; -1 takes what is left.
   c.mesh = ml_collections.ConfigDict()
@@ -136,11 +147,37 @@ def base_config() -> ml_collections.ConfigDict:
   # Logical axis name -> mesh axes (MaxText-style); the first rule for a name wins.
   c.mesh.rules = LOGICAL_RULES
 
-  c.parallel = ml_collections.ConfigDict()
-  # auto: GSPMD partitions the step from the shardings. shard_map: explicit data
+  # parallel.mode: auto: GSPMD partitions the step from the shardings. shard_map: explicit data
   # parallelism, per-device loss and gradients then pmean (mesh.tensor must be 1).
-  c.parallel.mode = 'auto'
+  c.parallel = ml_collections.ConfigDict({'mode': 'auto'})
   return c
+
+
+def _tuples(value):
+  """JSON's lists as the tuples configs hold (mesh.rules, model.features)."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _merge(into: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(into.get(key), ml_collections.ConfigDict):
+      _merge(into[key], value)
+    else:
+      into[key] = _tuples(value)
+
+
+def from_workdir(workdir: str) -> ml_collections.ConfigDict:
+  """A run's config.json over today's base_config(): a field added to bigjax since the run started
+  gets its default, which is what the run had. ConfigError if the workdir has none."""
+  import json  # noqa: PLC0415
+
+  from bigjax import files  # noqa: PLC0415
+  path = files.path(workdir) / 'config.json'
+  if not path.exists():
+    raise ConfigError(f'no config.json in {workdir}: use the --workdir of a trained run')
+  config = base_config()
+  _merge(config, json.loads(path.read_text()))
+  return config
 
 
 def check(ok: bool, field: str, value, allowed: str) -> None:
@@ -155,7 +192,7 @@ def check_choice(section: ml_collections.ConfigDict, prefix: str, key: str, name
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field. Imports registries lazily."""
-  from bigjax import data, models, optim, tasks  # noqa: PLC0415 (keeps flag parsing light)
+  from bigjax import data, distill, models, optim, quantize, tasks  # noqa: PLC0415 (keeps flag parsing light)
   from bigjax.cpu import xla_options  # noqa: PLC0415
 
   def need(ok, field, allowed):
@@ -208,6 +245,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice(config.train, 'train', 'cpu_matmul', xla_options.CPU_MATMULS)
   check_choice(config.checkpoint, 'checkpoint', 'on_corrupt', ('fallback', 'fail'))
   check_choice(config.parallel, 'parallel', 'mode', ('auto', 'shard_map'))
+  distill.check_config(config.distill)
+  quantize.check_config(config.quant)
   need(config.parallel.mode == 'auto' or config.mesh.tensor == 1, 'mesh.tensor',
        'parallel.mode=shard_map is data parallel only: use mesh.tensor=1, or parallel.mode=auto')
   need(config.parallel.mode == 'auto' or config.mesh.fsdp == 1, 'mesh.fsdp',
@@ -248,7 +287,8 @@ def config_changes(saved_json: str, config: ml_collections.ConfigDict) -> list[s
   raw_new_steps = trees[1]['optim'].get('schedule_steps', 0)
   for tree in trees:
     tree['optim']['schedule_steps'] = optim.schedule_steps(tree['optim'], tree['train']['steps'])
-  old, new = _flat(trees[0]), _flat(trees[1])
+  # A field added to bigjax after the run started had its default there.
+  old, new = {**_flat(json.loads(base_config().to_json_best_effort())), **_flat(trees[0])}, _flat(trees[1])
   if old.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES and \
       new.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES:
     old.pop('optim.schedule_steps'), new.pop('optim.schedule_steps')

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bigjax import cpu
-from bigjax.config import ConfigError, RunStopped, fail, validate
+from bigjax.config import ConfigError, RunStopped, fail, from_workdir, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
@@ -122,8 +122,12 @@ def parse_flags(argv):
         pass
     fail(explanation or str(e).splitlines()[0])
   spec = _config_spec(argv)
+  if spec is None and _MODE.value == 'eval' and _WORKDIR.value and \
+      os.path.exists(os.path.join(_WORKDIR.value, 'config.json')):
+    return rest  # --mode=eval reads the run's own config.json
   if spec is None:
-    fail('--config=FILE[:ARG] is required, for example --config=experiments/digits_mlp.py')
+    fail('--config=FILE[:ARG] is required, for example --config=experiments/digits_mlp.py '
+         '(--mode=eval of a --workdir may leave it out: the run\'s config.json says it)')
   try:
     _CONFIG.value.keys()
   except Exception as e:  # noqa: BLE001 (config_flags defers load errors to first access)
@@ -220,7 +224,7 @@ def _predict(config, workdir: str) -> None:
 
 def run_mode(config, workdir: str) -> None:
   """What --mode (or --dry_run) asks for; raises ConfigError for bad input."""
-  from bigjax import train  # jax, flax and TFDS load only for valid input
+  from bigjax import quant_eval, train  # jax, flax and TFDS load only for valid input
   if _DRY_RUN.value:
     from bigjax import dry_run
     print(json.dumps(dry_run.report(config, _TOPOLOGY.value)), flush=True)
@@ -232,6 +236,9 @@ def run_mode(config, workdir: str) -> None:
     _predict(config, workdir)
   elif _MODE.value == 'explain':
     _explain(config, workdir)
+  elif quant_eval.is_quantized(workdir):  # python -m bigjax.quantize's output: its own config.json
+    for line in quant_eval.evaluate_folder(workdir):
+      print(json.dumps(line), flush=True)
   else:
     train.evaluate_checkpoint(config, workdir)
 
@@ -243,8 +250,9 @@ def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(_config_spec(sys.argv))
+  spec = _config_spec(sys.argv)
+  workdir = _WORKDIR.value or default_workdir(spec)
+  config = _CONFIG.value if spec else from_workdir(workdir)
   try:
     validate(config)
     if _TOPOLOGY.value:

@@ -17,9 +17,22 @@ import optax
 from absl import logging
 from etils import epath
 from flax import struct
-from jax.sharding import PartitionSpec
 
-from bigjax import checkpoint, data, evaluate, flops, models, optim, preemption, sharding, tasks, writers
+from bigjax import (
+  checkpoint,
+  data,
+  distill,
+  evaluate,
+  flops,
+  models,
+  optim,
+  parallel,
+  preemption,
+  quantize,
+  sharding,
+  tasks,
+  writers,
+)
 from bigjax.config import ConfigError, RunStopped
 from bigjax.cpu import xla_options
 from bigjax.data import pipeline
@@ -48,6 +61,8 @@ class Setup(NamedTuple):
   state_shardings: TrainState  # of NamedShardings
   init: Callable[[], TrainState]  # jitted; creates the state already sharded
   rngs: dict  # each random stream's key (stream_keys), made here, outside any mesh of compile-only devices
+  teacher: distill.Teacher | None  # config.distill.teacher's model and abstract variables
+  frozen: Any = None  # what the train step reads but never trains: the teacher's variables once read
 
 
 def _example_batch(dataset) -> dict:
@@ -66,10 +81,6 @@ def stream_keys(seed: int) -> dict:
   return {name: jax.random.fold_in(base, i) if i else base for i, name in enumerate(RNG_STREAMS)}
 
 
-def fold_rngs(rngs: dict, data) -> dict:
-  return {name: jax.random.fold_in(key, data) for name, key in rngs.items()}
-
-
 def tokenizer_path(workdir: str | None) -> str | None:
   """Where a run keeps its tokenizer: text is read the same way by every later run in the workdir."""
   return str(epath.Path(workdir) / 'tokenizer') if workdir else None
@@ -85,7 +96,7 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
   mesh's, if not jax.devices() (a TPU slice's compile-only devices, for --dry_run --topology).
   """
   mesh = sharding.make_mesh(config.mesh, devices)
-  dataset = dataset or data.load(config.data, tokenizer_path(workdir))
+  dataset = dataset or data.load(config.data, distill.tokenizer_source(config, tokenizer_path(workdir)))
   batch_size = config.train.batch_size
   if batch_size == -1:  # full-batch gradient descent
     batch_size = len(dataset.splits['train'])
@@ -100,6 +111,7 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
   with sharding.active(mesh, ()):  # the model's defaults are the mesh's platform's
     model = models.build(config.model, dataset.num_classes,
                          dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
+  model = quantize.for_training(model, config.quant.mode)
   task = tasks.build(config.task, dataset)
   tx = optim.build(config.optim, config.train.steps)
   length = optim.schedule_steps(config.optim, config.train.steps)
@@ -129,35 +141,45 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
                           nn.meta.unbox(boxed), shardings)
   # Created already sharded: no array is ever whole on one device.
   init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
+  teacher = distill.teacher(config, workdir, dataset=dataset, task=task, example=example, mesh=mesh,
+                            rules=rules)
   return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init,
-               stream_keys(config.seed))
+               stream_keys(config.seed), teacher, teacher.abstract if teacher else {})
 
 
 def make_train_step(s: Setup, config, compiler_options=None):
+  """train_step(state, batch) -> (state, metrics), jitted; s.frozen is passed along."""
+  step = _jit_train_step(s, config, compiler_options)
+  return lambda state, batch: step(state, batch, s.frozen)
+
+
+def _jit_train_step(s: Setup, config, compiler_options=None):
+  """The jitted train_step(state, batch, frozen): frozen is s.frozen's tree, never trained."""
   keys = s.rngs
   schedule = optim.learning_rate(config.optim, config.train.steps)
+  objective = distill.objective(s.task, s.teacher, config.distill)
 
-  def grads_and_metrics(params, model_state, batch, rngs):
+  def grads_and_metrics(params, model_state, batch, rngs, frozen):
     def loss_fn(params):
       outputs, new_model_state = s.model.apply(
           {'params': params, **model_state}, **s.task.model_inputs(batch), train=True,
           rngs=rngs, mutable=list(model_state))
-      loss, metrics = s.task.loss(outputs, batch)
+      loss, metrics = objective(outputs, batch, frozen)
       return loss, (metrics, dict(new_model_state))
     grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, metrics, new_model_state
 
   if config.train.grad_accum > 1:
-    grads_and_metrics = _accumulate(grads_and_metrics, config.train.grad_accum)
+    grads_and_metrics = parallel.accumulate(grads_and_metrics, config.train.grad_accum)
   if config.parallel.mode == 'shard_map':
-    grads_and_metrics = _data_parallel(grads_and_metrics, s.mesh)
+    grads_and_metrics = parallel.data_parallel(grads_and_metrics, s.mesh)
 
   nan_at_step, skip = config.debug.nan_at_step, config.train.on_nonfinite == 'skip'
 
-  def train_step(state: TrainState, batch):
-    rngs = fold_rngs(keys, state.step)  # a resumed run continues the same sequence
+  def train_step(state: TrainState, batch, frozen):
+    rngs = parallel.fold_rngs(keys, state.step)  # a resumed run continues the same sequence
     batch = s.task.augment(batch, rngs['augment'])  # on the whole global batch, before micro-batches
-    grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rngs)
+    grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch, rngs, frozen)
     if nan_at_step > 0:  # debug: that step's loss, and so its gradient, is NaN
       poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)  # steps count from 1 in the logs
       grads = jax.tree.map(lambda g: g * poison, grads)
@@ -178,7 +200,8 @@ def make_train_step(s: Setup, config, compiler_options=None):
     return new, metrics
 
   batch = sharding.batch_sharding(s.mesh)
-  return jax.jit(train_step, in_shardings=(s.state_shardings, batch),
+  frozen = jax.tree.map(lambda x: x.sharding, s.frozen)
+  return jax.jit(train_step, in_shardings=(s.state_shardings, batch, frozen),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0,
                  compiler_options=compiler_options)
 
@@ -193,55 +216,10 @@ def compile_train_step(s: Setup, config):
   batch = {k: jax.ShapeDtypeStruct((s.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in example.items()}
   matmuls = xla_options.matmuls_for(config.train.cpu_matmul, config.model.get('dropout', 0.0))
-  return xla_options.jit_and_compile(lambda options: make_train_step(s, config, options),
-                                     (s.abstract_state, batch), matmuls)
-
-
-def _accumulate(grads_and_metrics, steps: int):
-  """The gradient from `steps` micro-batches, one after another (lax.scan), with the activation
-  memory of a batch / steps: the mean of equal-size means. That equals the whole batch's gradient
-  (up to float summation order) only for models without batch-dependent layers and without
-  dropout: BatchNorm normalizes each micro-batch by its own statistics (and its running
-  statistics are updated once per micro-batch), and each micro-batch draws other dropout masks.
-
-  Micro-batch i holds rows i, i + steps, ... so each one is spread over every device.
-  """
-  def accumulated(params, model_state, batch, rngs):
-    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
-
-    def one(carry, inputs):
-      grads, metrics, model_state = carry
-      i, micro_batch = inputs
-      g, m, model_state = grads_and_metrics(params, model_state, micro_batch, fold_rngs(rngs, i))
-      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m), model_state), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    first = jax.tree.map(lambda x: x[0], micro)
-    metric_shapes = jax.eval_shape(lambda: grads_and_metrics(params, model_state, first, rngs)[1])
-    init = (zeros, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes), model_state)
-    (grads, metrics, model_state), _ = jax.lax.scan(one, init, (jnp.arange(steps), micro))
-    return (jax.tree.map(lambda g: g / steps, grads), jax.tree.map(lambda m: m / steps, metrics),
-            model_state)
-  return accumulated
-
-
-def _data_parallel(grads_and_metrics, mesh):
-  """The same computation as explicit data parallelism: each device takes its slice of
-  the batch, computes loss and gradients alone, then one pmean averages them.
-
-  Equal to the automatic (GSPMD) path up to float summation order. BatchNorm
-  statistics become averages of per-device statistics, and each device draws its
-  own dropout mask.
-  """
-  axes = sharding.BATCH_AXES
-
-  def local(params, model_state, batch, rngs):
-    rngs = fold_rngs(rngs, jax.lax.axis_index(axes))
-    return jax.lax.pmean(grads_and_metrics(params, model_state, batch, rngs), axes)
-
-  replicated, split = PartitionSpec(), PartitionSpec(axes)
-  return jax.shard_map(local, mesh=mesh, in_specs=(replicated, replicated, split, replicated),
-                       out_specs=replicated, check_vma=False)
+  frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), s.frozen)
+  step, compiled = xla_options.jit_and_compile(lambda options: _jit_train_step(s, config, options),
+                                               (s.abstract_state, batch, frozen), matmuls)
+  return (lambda state, batch: step(state, batch, s.frozen)), compiled
 
 
 def model_flops(s: Setup, config, xla_flops: float) -> float:
@@ -312,6 +290,7 @@ def _write_run_files(s: Setup, config, workdir: str) -> None:
     checkpoint.write_config(workdir, config)
     if s.dataset.tokenizer and not epath.Path(tokenizer_path(workdir)).exists():
       data.tokenizers.save(s.dataset.tokenizer, tokenizer_path(workdir))
+    distill.record(s.teacher, workdir)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -322,6 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   s = setup(config, workdir)
   checkpoint.refuse_changed_config(workdir, config, s.abstract_state)
+  s = s._replace(frozen=distill.restore(s.teacher))
   logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)
 
   with sharding.active(s.mesh, s.rules):

@@ -40,6 +40,7 @@ from bigjax.config import base_config
 VARIANTS = {
     # name: (layers, d_model, heads, context, tokenizer, batch, steps, lr)
     'tiny': (4, 128, 4, 128, 'sentencepiece', 32, 750, 3e-3),
+    'tiny_teacher': (6, 192, 6, 128, 'sentencepiece', 32, 750, 2e-3),  # :tiny's distillation teacher
     'small': (6, 384, 6, 256, 'byte', 16, 5000, 1e-3),
     '124m': (12, 768, 12, 1024, 'sentencepiece', 256, 100_000, 6e-4),
     '350m': (24, 1024, 16, 1024, 'sentencepiece', 256, 100_000, 3e-4),
@@ -49,13 +50,13 @@ VARIANTS = {
 
 def get_config(variant: str = 'tiny') -> ml_collections.ConfigDict:
   layers, d_model, heads, context, tokenizer, batch, steps, lr = VARIANTS[variant]
-  big = variant not in ('tiny', 'small')
+  big = variant not in ('tiny', 'tiny_teacher', 'small')
   c = base_config()
   c.task = ml_collections.ConfigDict({'name': 'lm', 'z_loss': 1e-4 if big else 0.0})
 
   c.data.name = 'python_stdlib'  # offline; lm1b and tiny_shakespeare read the same way
   c.data.tokenizer = tokenizer  # byte | sentencepiece (trained on the train split, cached)
-  c.data.vocab_size = {'tiny': 2048}.get(variant, 32768) if tokenizer == 'sentencepiece' else 0
+  c.data.vocab_size = (2048 if variant.startswith('tiny') else 32768) if tokenizer == 'sentencepiece' else 0
   c.data.seq_len = context
 
   c.model = ml_collections.ConfigDict({

@@ -56,6 +56,7 @@ def test_importing_bigjax_leaves_the_malloc_settings_alone():
   assert _kept_free_bytes('import bigjax, bigjax.cpu, bigjax.models') < 64 << 20  # back to the kernel
 
 
+@pytest.mark.slow
 @glibc_only
 def test_training_on_cpu_keeps_a_freed_buffer_in_the_heap(data_dir, tmp_path):
   train = _TRAIN.format(data_dir=data_dir, workdir=tmp_path / 'run')

@@ -205,6 +205,7 @@ def test_dry_run_of_the_wmt_config_shards_params_and_optimizer_over_fsdp():
   assert 'placeholder' in result.stderr
 
 
+@pytest.mark.slow
 def test_the_copy_head_gives_log_probabilities_that_can_point_at_source_tokens():
   model = TransformerSeq2Seq(50, num_layers=1, d_model=32, num_heads=4, dropout=0.0, copy=True)
   source = jnp.array([[45, 46, 47, 0]])

@@ -59,6 +59,7 @@ def test_version_names_the_wheel():
   assert re.fullmatch(r'espeakng-loader 0\.2\.4, eSpeak NG \d+\.\d+.*', espeak.version())
 
 
+@pytest.mark.slow
 def test_sentences_are_plain_words_and_deterministic():
   sentences = spoken.sentences()
   assert len(sentences) > 2500

@@ -10,6 +10,8 @@ never branches on the task.
   units = (name, per example) that the throughput counts, e.g. ('tokens', 256).
   augment(batch, key) -> batch: a train batch's on-device augmentation (mixup, cutmix), inside the
     jitted train step with the step's 'augment' key; by default the batch unchanged.
+  distill_logits(outputs, batch) -> (logits (..., classes), weights (...)): what a distilled student
+    matches to its teacher, and how much each position counts (bigjax/distill.py); None: no distillation.
 
 Tasks judged over a whole split at once (translation, summarization, speech: what they generate;
 multi-label: average precision, which ranks every example) add two more:
@@ -45,6 +47,7 @@ class Task(NamedTuple):
   generate: Callable | None = None
   score: Callable | None = None
   augment: Callable = unchanged
+  distill_logits: Callable | None = None
 
 
 # name -> module with check_config(task_config) and make(task_config, dataset) -> Task's fields

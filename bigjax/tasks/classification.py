@@ -65,7 +65,10 @@ def make(task_config, dataset):
       out['top5_accuracy'] = float(sums['top5_sum'] / count)
     return out
 
-  made = {'loss': loss, 'eval_sums': eval_sums, 'summarize': summarize}
+  def distill_logits(logits, batch):
+    return logits, jnp.ones(logits.shape[:1], jnp.float32)
+
+  made = {'loss': loss, 'eval_sums': eval_sums, 'summarize': summarize, 'distill_logits': distill_logits}
   mixup, cutmix = task_config.get('mixup', 0.0), task_config.get('cutmix', 0.0)
   if (mixup or cutmix) and dataset.tokenizer is not None:
     raise ConfigError(f'config.task.mixup={mixup} / task.cutmix={cutmix} is invalid: they mix images, and '

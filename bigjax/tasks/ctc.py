@@ -125,5 +125,9 @@ def make(task_config, dataset):
     examples = [{'reference': r, 'output': o} for r, o in list(zip(references, texts))[:3]]
     return {**metrics.speech_scores(texts, references), 'generated': len(texts)}, examples
 
+  def distill_logits(outputs, batch):  # the frame posteriors, over the real frames
+    logits, valid = outputs
+    return logits, valid.astype(jnp.float32)
+
   return dict(loss=loss, eval_sums=eval_sums, summarize=summarize, units=('utterances', 1),
-              model_inputs=model_inputs, generate=generate, score=score)
+              model_inputs=model_inputs, generate=generate, score=score, distill_logits=distill_logits)

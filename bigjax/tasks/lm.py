@@ -55,6 +55,10 @@ def make(task_config, dataset):
             'accuracy': float(sums['correct']) / tokens,
             'bits_per_byte': float(sums['loss_sum']) / math.log(2) / max(float(sums['bytes']), 1.0)}
 
+  def distill_logits(logits, batch):
+    return logits, (batch['targets'] != pad_id).astype(jnp.float32)
+
   seq_len = dataset.preprocess(dataset.splits['train'].read([0]))['targets'].shape[1]
-  return loss, eval_sums, summarize, ('tokens', seq_len)
+  return dict(loss=loss, eval_sums=eval_sums, summarize=summarize, units=('tokens', seq_len),
+              distill_logits=distill_logits)
 

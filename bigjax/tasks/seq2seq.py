@@ -109,5 +109,8 @@ def make(task_config, dataset):
                 for s, r, o in list(zip(sources, references, texts))[:3]]
     return {**scorer(texts, references), 'generated': len(texts)}, examples
 
-  units = ('target_tokens', target_len)
-  return loss, eval_sums, summarize, units, model_inputs, generate, score
+  def distill_logits(logits, batch):
+    return logits, (batch['targets'] != pad_id).astype(jnp.float32)
+
+  return dict(loss=loss, eval_sums=eval_sums, summarize=summarize, units=('target_tokens', target_len),
+              model_inputs=model_inputs, generate=generate, score=score, distill_logits=distill_logits)
