@@ -36,7 +36,7 @@ from bigjax.data import pipeline
 SPLITS = ('eval', 'test')
 PARAMS_DIR = 'params'
 INFO = 'quantized.json'
-TIMING_SECONDS = 2.0
+ROUNDS = 5  # timed passes of each split per model
 
 
 def abstract_variables(s: train.Setup, model):
@@ -138,19 +138,26 @@ def scalars(metrics: dict) -> dict:
           for k, v in metrics.items() if k != 'examples' and np.ndim(v) == 0}
 
 
-def measure(s: train.Setup, config, state) -> dict:
-  """split -> (scalar metrics, examples per second): each split evaluated once (which compiles),
-  then timed again, repeated up to TIMING_SECONDS (the fastest pass counts)."""
-  evaluate_split = evaluate.make_evaluate(s, config)
-  out = {}
-  with sharding.active(s.mesh, s.rules):
-    for split in SPLITS:
-      metrics, times = scalars(evaluate_split(state, split)), []
-      while not times or (sum(times) < TIMING_SECONDS and len(times) < 5):
-        start = time.perf_counter()
-        evaluate_split(state, split)
-        times.append(time.perf_counter() - start)
-      out[split] = (metrics, len(s.dataset.splits[split]) / min(times))
+def measure(models: list) -> list[dict]:
+  """For each (setup, config, state): split -> (scalar metrics, examples per second). Each split is
+  evaluated once per model (which compiles), then timed in rounds that alternate between the models,
+  so a busy machine slows them alike; each model's median round counts."""
+  runs = [(s, evaluate.make_evaluate(s, config), state) for s, config, state in models]
+  out = [{} for _ in runs]
+  for split in SPLITS:
+    metrics = []
+    for s, evaluate_split, state in runs:
+      with sharding.active(s.mesh, s.rules):
+        metrics.append(scalars(evaluate_split(state, split)))
+    times = [[] for _ in runs]
+    for _ in range(ROUNDS):
+      for (s, evaluate_split, state), seconds in zip(runs, times):
+        with sharding.active(s.mesh, s.rules):
+          begin = time.perf_counter()
+          evaluate_split(state, split)
+          seconds.append(time.perf_counter() - begin)
+    for i, (s, _, _) in enumerate(runs):
+      out[i][split] = (metrics[i], len(s.dataset.splits[split]) / float(np.median(times[i])))
   return out
 
 
@@ -184,7 +191,7 @@ def export(workdir: str, mode: str, calibration_batches: int = 0) -> list[dict]:
     size = save(os.path.join(staging, PARAMS_DIR), stored, qstate.model_state)
     with tempfile.TemporaryDirectory(dir=staging) as scratch:
       float_size = save(os.path.join(scratch, PARAMS_DIR), state.params, state.model_state)
-    float_metrics, quant_metrics = measure(s, config, state), measure(qs, config, qstate)
+    float_metrics, quant_metrics = measure([(s, config, state), (qs, config, qstate)])
     sizes = _sizes(size, float_size)
     info = {'mode': mode, 'calibration_batches': calibration_batches, 'step': step, **sizes,
             'float': {split: float_metrics[split][0] for split in SPLITS}}

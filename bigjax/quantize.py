@@ -11,18 +11,20 @@ Modes (MODES: the qwix rules of each, shared by QAT and PTQ):
   int4_weights  weights int4, activations float
 Weights get one scale per output channel (absmax).
 
-What stays float:
+What qwix computes in float here, and how it is stored anyway:
 - Convolutions in the weight-only modes: qwix's PTQ convolution quantizes its input with the weights'
   type, so those rules match only dot_general and einsum (int8 quantizes convolutions too).
 - Embedding tables (modules named *embed*): a lookup is a gather, which qwix does not intercept;
-  a tied output layer (embed.attend) stays float with its table. So a model dominated by its table
-  shrinks little: size_bytes counts the table at 4 bytes a number.
+  a tied output layer (embed.attend) stays with its table.
 - Attention modules (*attention, memory_kv*): their query/key/value kernels are concatenated before
-  one matmul and the output kernel is reshaped, neither of which qwix can store quantized.
+  one matmul and the output kernel is reshaped, neither of which qwix can take quantized.
 - LSTM layers (modules named lstm_*): on CPU their recurrence runs in C++ (bigjax.cpu.lstm), which
   qwix cannot see, and on the lax.scan path the recurrent matmul is a `h @ W` that a quantized
-  weight cannot stand in for. So they stay float and keep their C++ kernel; the classifier's head is
-  quantized.
+  weight cannot stand in for. They keep their C++ kernel.
+The exported checkpoint still stores each of those arrays (two or more axes) at the mode's weight
+type, qwix.quantize with a scale per row (pack), and its reader dequantizes them (unpack): their
+layers compute in float with rounded weights, which is weight-only quantization, and the metrics
+the export reports are of those rounded weights. Biases and norms stay float.
 - Calibrated int8 (static-range) still gives convolutions dynamic-range activations: qwix's
   fake-quantized convolution cannot collect activation statistics.
 Layers stacked by nn.scan (scan_layers) are quantized layer by layer, each with its own scales.

@@ -29,7 +29,7 @@ def _config(data_dir, **overrides):
 def teacher_dir(data_dir, tmp_path_factory):
   """A small ResNet: its BatchNorm statistics are teacher state the student must read too."""
   workdir = str(tmp_path_factory.mktemp('teacher'))
-  c = _config(data_dir, model__name='resnet', train__steps=30)
+  c = _config(data_dir, model__name='resnet', train__steps=10)
   del c.model['depth'], c.model['width']
   c.model.stage_sizes, c.model.width = (1,), 8
   train.train_and_evaluate(c, workdir)
@@ -97,7 +97,7 @@ def test_a_distilled_run_freezes_its_teacher_and_resumes_exactly(teacher_dir, da
   # The teacher's checkpoint is the same bits; the student's holds only the student, and names the teacher.
   assert _digest(os.path.join(teacher_dir, 'checkpoints')) == before
   with open(os.path.join(a, 'teacher.json')) as f:
-    assert json.load(f) == {'path': teacher_dir, 'step': 30}
+    assert json.load(f) == {'path': teacher_dir, 'step': 10}
   saved = checkpoint.shapes(state_a)
   assert not [k for k in saved if 'conv' in k.lower() or 'batch_stats' in k], saved
   with open(os.path.join(a, 'metrics.jsonl')) as f:
