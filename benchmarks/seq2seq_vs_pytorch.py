@@ -12,7 +12,7 @@ vocabulary of 4096, source and target length 64, batch 64), float32, AdamW (lr 2
     self-attention, which nn.Transformer has no place for; a learned table is a lookup and an add);
   - dropout 0 (model.dropout; the experiment's small size has none either; masks would differ);
   - label smoothing 0 (task.label_smoothing; the experiment uses 0.1): plain cross-entropy;
-  - no pointer-generator head (model.copy; the experiment has one): plain tied logits.
+  - no pointer-generator head (model.pointer; the experiment has one): plain tied logits.
 
 Both sides train on the same random token batches (ids of real tokens, no padding, full width):
 
@@ -140,7 +140,7 @@ def bigjax_config(args):
     config.train.batch_size = args.batch
   config.model.positions = 'learned'  # nn.Transformer has no RoPE
   config.model.dropout = 0.0
-  config.model.copy = False  # nn.Transformer has no copy head
+  config.model.pointer = False  # nn.Transformer has no pointer-generator head
   config.task.label_smoothing = 0.0
   # Constant lr, no clipping, as in lm_vs_pytorch.py: "the same on both sides" is simplest to see.
   config.optim.schedule = 'constant'

@@ -18,6 +18,7 @@ What qwix computes in float here, and how it is stored anyway:
   a tied output layer (embed.attend) stays with its table.
 - Attention modules (*attention, memory_kv*): their query/key/value kernels are concatenated before
   one matmul and the output kernel is reshaped, neither of which qwix can take quantized.
+- The Conformer's subsampling convolutions (subsample/conv_*): one matmul over a reshaped kernel.
 - LSTM layers (modules named lstm_*): on CPU their recurrence runs in C++ (bigjax.cpu.lstm), which
   qwix cannot see, and on the lax.scan path the recurrent matmul is a `h @ W` that a quantized
   weight cannot stand in for. They keep their C++ kernel.
@@ -49,7 +50,7 @@ from bigjax.config import check
 
 # Modules qwix cannot quantize here (see the module's doc): their rule has no qtype, so they stay float.
 KEEP_FLOAT = qwix.QuantizationRule(
-    module_path=r'(.*/)?((\w+_)?embed(ding)?|\w*attention|memory_kv\w*|lstm_\w*)(/.*)?')
+    module_path=r'(.*/)?((\w+_)?embed(ding)?|\w*attention|memory_kv\w*|lstm_\w*|subsample/conv_\d+)(/.*)?')
 MATMULS = ('dot_general', 'einsum')
 
 

@@ -10,7 +10,7 @@
 use (or --config.data.source_dir=DIR). Result on a 2-core Xeon (AVX-512), data prepared: test
 ROUGE-1 / 2 / L 27.56 / 10.89 / 25.86 in 19 min 4 s (1,000 steps at about 1 step/s, beam-4 decoding
 of the 3,104 test descriptions about 90 s). The lead baseline (benchmarks/seq2seq_baselines.py)
-scores 25.66 / 9.45 / 23.23. The pointer-generator head (model.copy) makes the difference: without
+scores 25.66 / 9.45 / 23.23. The pointer-generator (model.pointer) makes the difference: without
 it, 17.26 / 5.27 / 16.31. Outputs still repeat phrases at times ("Lua bitop fast bitop fast"), what
 a coverage penalty (See et al. 2017) would address. XLA's matmuls: oneDNN's give wrong numbers with
 dropout (bigjax/cpu/xla_options.py).
@@ -76,7 +76,7 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'shared_embedding': True,
       'tied_embedding': True,
       'dropout': 0.1,
-      'copy': True,  # pointer-generator: a summary reuses its source's rare words
+      'pointer': True,  # pointer-generator: a summary reuses its source's rare words
       'attention': 'auto',  # splash on TPU, cuDNN on GPU, heads-major einsums on CPU
       'attention_block': 512,  # splash's query and key blocks
       'dtype': 'auto',

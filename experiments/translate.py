@@ -11,7 +11,7 @@ apt on first use (or --config.data.source_dir=DIR). Result on a 2-core Xeon (AVX
 prepared: test BLEU 15.99, chrF 36.75 in 18 min 53 s (1,200 steps at 1.2-1.5 steps/s with oneDNN's
 matmuls, and beam-4 decoding of the 1,789 test pairs, about 2 min). The retrieval baseline
 (benchmarks/seq2seq_baselines.py) scores 5.96 / 25.46 on the same references. The pointer-generator
-head (model.copy) makes the difference: without it, 5.90 / 24.68 in the same 1,200 steps.
+head (model.pointer) makes the difference: without it, 5.90 / 24.68 in the same 1,200 steps.
 
 :wmt14_base / :wmt14_big need WMT14 en-de prepared as ArrayRecord (`tfds build wmt14_translate/de-en
 --file_format=array_record`; they cannot run here). The literature: Transformer-base reaches about
@@ -78,7 +78,7 @@ def get_config(variant: str = 'offline') -> ml_collections.ConfigDict:
       'positions': 'rope',
       'shared_embedding': True,
       'tied_embedding': True,
-      'copy': not big,  # pointer-generator: names and terms pass through (not in the WMT literature)
+      'pointer': not big,  # pointer-generator: names and terms pass through (not in the WMT literature)
       'dropout': 0.1 if big else 0.0,  # a CPU run sees each pair about three times: no need
       'attention': 'auto',  # splash on TPU, cuDNN on GPU, heads-major einsums on CPU
       'attention_block': 512,  # splash's query and key blocks

@@ -24,7 +24,6 @@ BOUNDS = {'int8': 0.05, 'int8_weights': 0.03, 'int4_weights': 0.3}
 KEY = jax.random.key(0)
 IMAGES = jax.random.normal(jax.random.key(1), (8, 8, 8, 1))
 TOKENS = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
-# qwix 0.1.8 checks for a type that flax 0.12 deprecated.
 
 
 def _float(model, inputs):
@@ -162,3 +161,36 @@ def test_arrays_qwix_leaves_float_are_stored_rounded_to_the_modes_type(mode, bit
   step = jnp.abs(table).max(-1, keepdims=True) / (2 ** (bits - 1) - 1)
   error = jnp.abs(back - table)
   assert bool((error <= step / 2 + 1e-6).all()) and float(error.max()) > 0
+
+
+def _family(name):
+  """(model, keyword inputs) of each model family's small version."""
+  from bigjax.models.conformer import ConformerCTC  # noqa: PLC0415
+  from bigjax.models.seq2seq import TransformerSeq2Seq  # noqa: PLC0415
+  from bigjax.models.vit import ViT  # noqa: PLC0415
+  audio = jax.random.randint(KEY, (2, 4000), -3000, 3000).astype(jnp.int16)
+  return {
+      'seq2seq': (TransformerSeq2Seq(50, num_layers=1, d_model=32, num_heads=4, dropout=0.0, pointer=True),
+                  {'inputs': TOKENS % 50, 'targets': TOKENS[:, :8] % 50}),
+      'conformer': (ConformerCTC(num_outputs=30, d_model=32, num_layers=1, num_heads=4, subsample_channels=8,
+                                 conv_kernel=3, n_mels=16),
+                    {'inputs': audio, 'lengths': jnp.array([4000, 3000])}),
+      'vit': (ViT(num_outputs=10, patch_size=4, d_model=32, num_layers=1, num_heads=4), {'inputs': IMAGES}),
+  }[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['seq2seq', 'conformer', 'vit'])
+def test_every_model_family_quantizes_stores_and_trains_quantized(family):
+  model, inputs = _family(family)
+  keys = dict.fromkeys(('params', 'dropout', 'augment'), KEY)
+  variables = nn.meta.unbox(model.init(keys, **inputs, train=False))
+  first = lambda outputs: jax.tree.leaves(outputs)[0]  # noqa: E731 (CTC: (logits, valid))
+  reference = first(model.apply(variables, **inputs, train=False))
+  ptq = quantize.ptq_model(model, 'int8')
+  abstract = jax.eval_shape(lambda: ptq.init(keys, **inputs, train=False))['params']
+  params = quantize.unpack(quantize.pack(quantize.quantize_params(variables['params'], abstract), 'int8'))
+  outputs = ptq.apply({**variables, 'params': params}, **inputs, train=False)
+  assert 1e-4 < _error(first(outputs), reference) < 0.05
+  qat = quantize.for_training(model, 'int8')
+  assert 1e-4 < _error(first(qat.apply(variables, **inputs, train=False)), reference) < 0.05

@@ -71,7 +71,7 @@ def _args(lists, data_dir, workdir, *extra):
 def test_the_cached_decoder_gives_the_full_forward_pass_logits(scan, copy):
   model = TransformerSeq2Seq(50, num_layers=2, num_decoder_layers=3, d_model=32, num_heads=4, dropout=0.0,
                              scan_layers=scan, positions='learned' if scan else 'rope', shared_embedding=scan,
-                             tied_embedding=not copy, copy=copy)
+                             tied_embedding=not copy, pointer=copy)
   source = jnp.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
   targets = jnp.array([[1, 20, 21, 22, 23], [1, 30, 31, 32, 33]])
   variables = nn.meta.unbox(model.init(jax.random.key(0), source, targets))
@@ -207,7 +207,7 @@ def test_dry_run_of_the_wmt_config_shards_params_and_optimizer_over_fsdp():
 
 @pytest.mark.slow
 def test_the_copy_head_gives_log_probabilities_that_can_point_at_source_tokens():
-  model = TransformerSeq2Seq(50, num_layers=1, d_model=32, num_heads=4, dropout=0.0, copy=True)
+  model = TransformerSeq2Seq(50, num_layers=1, d_model=32, num_heads=4, dropout=0.0, pointer=True)
   source = jnp.array([[45, 46, 47, 0]])
   targets = jnp.array([[1, 45, 46]])
   variables = nn.meta.unbox(model.init(jax.random.key(0), source, targets))
@@ -225,7 +225,7 @@ def test_the_fused_memory_key_value_matmul_computes_the_same_model(scan, monkeyp
   """Every decoder layer's cross-attention keys and values in one matmul (CPU) or a pair per layer
   (elsewhere): one parameter tree, the same logits and gradients."""
   model = TransformerSeq2Seq(50, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=4, dropout=0.0,
-                             scan_layers=scan, copy=True)
+                             scan_layers=scan, pointer=copy)
   source, targets = jnp.array([[5, 6, 7, 0], [8, 9, 10, 11]]), jnp.array([[1, 20, 21], [1, 30, 31]])
 
   def run(fused):

@@ -5,7 +5,7 @@ causal blocks with cross-attention to the encoder's output between self-attentio
 Source and target share one vocabulary (one SentencePiece model), and by default one embedding,
 which also produces the output logits.
 
-With copy=True the output is a pointer-generator's (See et al. 2017): a learned gate mixes the
+With pointer=True the output is a pointer-generator's (See et al. 2017): a learned gate mixes the
 vocabulary softmax with an attention distribution over the source tokens, so a rare word of the
 source (a package name, a library) can be emitted by pointing at it. The model then returns the
 mixture's log-probabilities, which every consumer of logits (log_softmax, cross-entropy, argmax,
@@ -176,7 +176,8 @@ class TransformerSeq2Seq(nn.Module):
   scan_layers: bool = True
   remat: str = 'none'
   pad_id: int = 0
-  copy: bool = False  # pointer-generator output (see the module docstring)
+  # Pointer-generator output (see the module docstring). Not `copy`: that would hide Module.copy.
+  pointer: bool = False
   attention: str = 'auto'  # attention.IMPLEMENTATIONS: auto is splash on TPU, cuDNN on GPU
   attention_block: int = 512  # splash attention's query and key blocks
 
@@ -270,7 +271,7 @@ class TransformerSeq2Seq(nn.Module):
         x = self._remat(DecoderBlock)(**kwargs, name=f'decoder_{i}')(
             x, positions, memory['key'][i], memory['value'][i], memory['valid'])
     x = _norm(self.norm, jnp.dtype(self.dtype), 'decoder_norm')(x)
-    if self.copy:
+    if self.pointer:
       unembed = (embed.embedding.T if self.tied_embedding else
                  _Kernel((self.d_model, self.num_outputs), ('embed', 'vocab'), name='unembed')())
       return Copy(self.num_heads, self.d_model // self.num_heads, jnp.dtype(self.dtype), name='copy')(
