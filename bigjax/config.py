@@ -287,8 +287,10 @@ def config_changes(saved_json: str, config: ml_collections.ConfigDict) -> list[s
   raw_new_steps = trees[1]['optim'].get('schedule_steps', 0)
   for tree in trees:
     tree['optim']['schedule_steps'] = optim.schedule_steps(tree['optim'], tree['train']['steps'])
+  old, new = _flat(trees[0]), _flat(trees[1])
   # A field added to bigjax after the run started had its default there.
-  old, new = {**_flat(json.loads(base_config().to_json_best_effort())), **_flat(trees[0])}, _flat(trees[1])
+  defaults = _flat(json.loads(base_config().to_json_best_effort()))
+  old.update({k: defaults[k] for k in new.keys() - old.keys() if k in defaults})
   if old.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES and \
       new.get('optim.schedule') in optim.LENGTH_FREE_SCHEDULES:
     old.pop('optim.schedule_steps'), new.pop('optim.schedule_steps')

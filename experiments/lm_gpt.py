@@ -6,7 +6,8 @@
 
 Result (2026-11-29, 2-core x86_64 CPU): :tiny reaches eval 1.652 bits/byte (gzip -9: 2.084,
 xz -9: 1.787) in 8 min 35 s; on a 2-core AVX-512 Xeon with train.cpu_matmul=onednn, the same
-1.652 in 3 min 27 s. Baselines and speed: docs/performance.md.
+1.652 in 3 min 27 s. Baselines and speed: docs/performance.md. :tiny_teacher (6 x 192, 3.05 M, the
+same tokenizer), the teacher of experiments/ablations/distill_lm.py: eval 1.625 bits/byte.
 
 Variants. Memory is --dry_run on 8 simulated CPU devices with --config.mesh.data=1
 --config.mesh.fsdp=8 (per device; float32 compute, as on CPU; bf16 on GPU/TPU shrinks `temp`;

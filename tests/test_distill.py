@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bigjax import checkpoint, distill, sharding, tasks, train
-from bigjax.config import ConfigError, base_config
+from bigjax.config import ConfigError, base_config, config_changes
 from bigjax.models.mlp import MLP
 from helpers import assert_resumed, final_state, overridden, run_main
 
@@ -142,3 +142,12 @@ def test_a_missing_teacher_is_one_line_and_exit_2(data_dir, tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert 'config.distill.teacher' in result.stderr.strip().splitlines()[-1]
   assert not workdir.exists()
+
+
+def test_a_workdir_from_before_distill_and_quant_existed_still_resumes():
+  config = base_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved['distill'], saved['quant']  # what an older bigjax wrote
+  assert config_changes(json.dumps(saved), config) == []
+  config.distill.alpha = 0.9  # a real change still counts
+  assert config_changes(json.dumps(saved), config) == ["distill.alpha: 0.5 in the workdir, 0.9 now"]

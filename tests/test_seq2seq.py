@@ -225,7 +225,7 @@ def test_the_fused_memory_key_value_matmul_computes_the_same_model(scan, monkeyp
   """Every decoder layer's cross-attention keys and values in one matmul (CPU) or a pair per layer
   (elsewhere): one parameter tree, the same logits and gradients."""
   model = TransformerSeq2Seq(50, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=4, dropout=0.0,
-                             scan_layers=scan, pointer=copy)
+                             scan_layers=scan, pointer=True)
   source, targets = jnp.array([[5, 6, 7, 0], [8, 9, 10, 11]]), jnp.array([[1, 20, 21], [1, 30, 31]])
 
   def run(fused):

@@ -7,7 +7,8 @@
 The teacher (3.0 M parameters, the same SentencePiece vocabulary of 2,048) trains once; the sweep
 runs :tiny (1.05 M) alone and distilled from it, per token, three seeds each.
 
-Result: README.md's distillation table (eval bits per byte, mean and std over the seeds).
+Result (2-core Xeon, eval bits per byte, seeds 0-2): teacher 1.625 (seed 0), :tiny alone
+1.665 +- 0.011, distilled 1.653 +- 0.004; each seed's distilled student beat the same seed alone.
 """
 
 TEACHER = 'runs/lm_teacher'
