@@ -54,9 +54,11 @@ def _step(config, workdir: str | None) -> int:
   pinned = files.path(workdir) / 'teacher.json' if workdir else None
   if pinned and pinned.exists():
     return json.loads(pinned.read_text())['step']
-  mngr = checkpoint.manager(path, config.checkpoint, read_only=True)
-  step = mngr.latest_step() if (files.path(path) / 'checkpoints').is_dir() else None
-  mngr.close()
+  step = None
+  if (files.path(path) / 'checkpoints').is_dir():
+    mngr = checkpoint.manager(path, config.checkpoint, read_only=True)
+    step = mngr.latest_step()
+    mngr.close()
   if step is None:
     raise ConfigError(f'config.distill.teacher={path!r}: no complete checkpoint there; train it first')
   return step

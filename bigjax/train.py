@@ -87,13 +87,14 @@ def tokenizer_path(workdir: str | None) -> str | None:
 
 
 def setup(config, workdir: str | None = None, dataset: data.Dataset | None = None,
-          devices=None) -> Setup:
+          devices=None, teacher: bool = False) -> Setup:
   """Checks the config against the devices and data, and builds (but does not run) init.
 
   Raises ConfigError for anything that cannot work, before any compile and
   before anything is written. A text dataset uses the tokenizer saved in workdir, if any.
   `dataset`: one already loaded (or a placeholder of its shapes, for --dry_run); `devices`: the
-  mesh's, if not jax.devices() (a TPU slice's compile-only devices, for --dry_run --topology).
+  mesh's, if not jax.devices() (a TPU slice's compile-only devices, for --dry_run --topology);
+  `teacher`: also check and describe config.distill.teacher (training; other modes never read it).
   """
   mesh = sharding.make_mesh(config.mesh, devices)
   dataset = dataset or data.load(config.data, distill.tokenizer_source(config, tokenizer_path(workdir)))
@@ -141,8 +142,9 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
                           nn.meta.unbox(boxed), shardings)
   # Created already sharded: no array is ever whole on one device.
   init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
+  # Only training reads the teacher: a student evaluates, predicts and exports without it.
   teacher = distill.teacher(config, workdir, dataset=dataset, task=task, example=example, mesh=mesh,
-                            rules=rules)
+                            rules=rules) if teacher else None
   return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init,
                stream_keys(config.seed), teacher, teacher.abstract if teacher else {})
 
@@ -299,7 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Raises RunStopped on SIGTERM (after checkpointing the current step) and, with
   train.on_nonfinite=stop, on a NaN or Inf loss or gradient.
   """
-  s = setup(config, workdir)
+  s = setup(config, workdir, teacher=True)
   checkpoint.refuse_changed_config(workdir, config, s.abstract_state)
   s = s._replace(frozen=distill.restore(s.teacher))
   logging.info('Training on %d device(s), mesh %s, into %s', s.mesh.size, dict(s.mesh.shape), workdir)

@@ -13,7 +13,7 @@ import pytest
 from bigjax import checkpoint, distill, sharding, tasks, train
 from bigjax.config import ConfigError, base_config, config_changes
 from bigjax.models.mlp import MLP
-from helpers import assert_resumed, final_state, overridden, run_main
+from helpers import assert_resumed, final_state, overridden, read_metrics, run_main
 
 
 def _config(data_dir, **overrides):
@@ -103,11 +103,14 @@ def test_a_distilled_run_freezes_its_teacher_and_resumes_exactly(teacher_dir, da
   with open(os.path.join(a, 'metrics.jsonl')) as f:
     first = json.loads(f.readline())
   assert first['loss'] == pytest.approx(0.7 * first['distill_loss'] + 0.3 * first['task_loss'], rel=1e-5)
+  # The student evaluates without its teacher, even once the teacher is gone.
+  gone = _config(data_dir, distill__teacher=str(tmp_path / 'gone'), distill__alpha=0.7)
+  assert train.evaluate_checkpoint(gone, a)['test']['accuracy'] == read_metrics(a, 'test')[-1]['accuracy']
 
 
 def test_the_train_step_leaves_the_teachers_arrays_untouched(teacher_dir, data_dir):
   config = _config(data_dir, distill__teacher=teacher_dir)
-  s = train.setup(config)
+  s = train.setup(config, teacher=True)
   with sharding.active(s.mesh, s.rules):
     s = s._replace(frozen=distill.restore(s.teacher))
     held = jax.device_get(s.frozen)
@@ -123,8 +126,13 @@ def test_the_train_step_leaves_the_teachers_arrays_untouched(teacher_dir, data_d
 
 def test_a_teacher_that_cannot_teach_is_a_config_error(teacher_dir, data_dir, tmp_path):
   with pytest.raises(ConfigError, match='no config.json'):
-    train.setup(_config(data_dir, distill__teacher=str(tmp_path)))
-  # A teacher whose checkpoint does not fit the data: 10 outputs there, 3 here.
+    train.setup(_config(data_dir, distill__teacher=str(tmp_path)), teacher=True)
+  untrained = tmp_path / 'untrained'
+  untrained.mkdir()
+  shutil.copy(os.path.join(teacher_dir, 'config.json'), untrained / 'config.json')
+  with pytest.raises(ConfigError, match='no complete checkpoint'):
+    train.setup(_config(data_dir, distill__teacher=str(untrained)), teacher=True)
+  # A teacher whose checkpoint does not fit its config: another width.
   with open(os.path.join(teacher_dir, 'config.json')) as f:
     saved = json.load(f)
   other = tmp_path / 'other'
@@ -132,7 +140,7 @@ def test_a_teacher_that_cannot_teach_is_a_config_error(teacher_dir, data_dir, tm
   saved['model']['width'] = 16
   (other / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(ConfigError, match='does not fit'):
-    train.setup(_config(data_dir, distill__teacher=str(other)))
+    train.setup(_config(data_dir, distill__teacher=str(other)), teacher=True)
 
 
 def test_a_missing_teacher_is_one_line_and_exit_2(data_dir, tmp_path):

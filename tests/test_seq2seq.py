@@ -251,7 +251,7 @@ def test_the_loss_from_integer_labels_is_the_smoothed_one_hot_cross_entropy_and_
     config = base_config().task
     config.update({'name': 'seq2seq', 'metrics': 'translation', 'label_smoothing': smoothing, 'beam_size': 1,
                    'length_penalty': 0.0, 'eval_generate_examples': 0, 'max_length_ratio': 1.0})
-    loss = tasks.seq2seq.make(config, dataset)[0]
+    loss = tasks.seq2seq.make(config, dataset)['loss']
     value, metrics = jax.jit(loss)(logits, {'targets': targets})
     labels = optax.smooth_labels(jax.nn.one_hot(targets, 40), smoothing)
     want = (optax.softmax_cross_entropy(logits, labels) * weights).sum() / weights.sum()
