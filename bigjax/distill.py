@@ -64,8 +64,9 @@ def _step(config, workdir: str | None) -> int:
   return step
 
 
-def teacher(config, workdir, *, dataset, task, example: dict, mesh, rules) -> Teacher | None:
-  """The teacher's model and abstract variables, checked against the student before any compile."""
+def teacher(config, workdir, *, dataset, task, mesh, rules, init) -> Teacher | None:
+  """The teacher's model and abstract variables, checked against the student before any compile.
+  `init(model)`: the model's variables as the trainer initializes them (train.init_variables)."""
   path = config.distill.teacher
   if not path:
     return None
@@ -87,14 +88,11 @@ def teacher(config, workdir, *, dataset, task, example: dict, mesh, rules) -> Te
   vocab = dataset.tokenizer.vocab_size if dataset.tokenizer else 0
   with sharding.active(mesh, ()):
     model = models.build(tconfig.model, dataset.num_classes, vocab)
-  zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
-  keys = dict.fromkeys(('params', 'dropout', 'augment'), jax.random.key(0))
-
-  def init():
-    variables = model.init(keys, **task.model_inputs(zeros), train=False)
+  def split():
+    variables = init(model)
     return {'params': variables.pop('params'), 'model_state': dict(variables)}
   with sharding.active(mesh, rules):
-    boxed = jax.eval_shape(init)
+    boxed = jax.eval_shape(split)
   theirs = nn.meta.unbox(boxed)
   step = _step(config, workdir)
   mismatch = checkpoint.variables_mismatch(path, step, theirs)

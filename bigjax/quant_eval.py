@@ -42,14 +42,8 @@ ROUNDS = 5  # timed passes of each split per model
 def abstract_variables(s: train.Setup, model):
   """The variables of `model` (a PTQ or QAT model), abstract; its params hold qwix's how-to-quantize."""
   example = train._example_batch(s.dataset)  # noqa: SLF001 (the shapes every batch has)
-  key = jax.random.key(0)
-
-  def init():
-    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
-    return model.init({'params': key, **dict.fromkeys(train.RNG_STREAMS, key)},
-                      **s.task.model_inputs(zeros), train=False)
   with sharding.active(s.mesh, s.rules):
-    return jax.eval_shape(init)
+    return jax.eval_shape(lambda: train.init_variables(model, s.task, example, jax.random.key(0)))
 
 
 def _zeros(tree):

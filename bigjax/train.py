@@ -81,6 +81,13 @@ def stream_keys(seed: int) -> dict:
   return {name: jax.random.fold_in(base, i) if i else base for i, name in enumerate(RNG_STREAMS)}
 
 
+def init_variables(model: nn.Module, task, example: dict, key) -> dict:
+  """model.init on zeros shaped like one batch (only shapes matter to init), every stream from key."""
+  zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+  return model.init({'params': key, **dict.fromkeys(RNG_STREAMS, key)}, **task.model_inputs(zeros),
+                    train=False)
+
+
 def tokenizer_path(workdir: str | None) -> str | None:
   """Where a run keeps its tokenizer: text is read the same way by every later run in the workdir."""
   return str(epath.Path(workdir) / 'tokenizer') if workdir else None
@@ -125,9 +132,7 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
   example = _example_batch(dataset)
 
   def boxed_init():
-    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}  # only shapes matter to init
-    variables = model.init({'params': init_key, **dict.fromkeys(RNG_STREAMS, init_key)},
-                           **task.model_inputs(zeros), train=False)
+    variables = init_variables(model, task, example, init_key)
     params = variables.pop('params')
     # Optimizer state built from boxed params keeps their logical axis names.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
@@ -143,8 +148,8 @@ def setup(config, workdir: str | None = None, dataset: data.Dataset | None = Non
   # Created already sharded: no array is ever whole on one device.
   init = jax.jit(lambda: nn.meta.unbox(boxed_init()), out_shardings=shardings)
   # Only training reads the teacher: a student evaluates, predicts and exports without it.
-  teacher = distill.teacher(config, workdir, dataset=dataset, task=task, example=example, mesh=mesh,
-                            rules=rules) if teacher else None
+  teacher = distill.teacher(config, workdir, dataset=dataset, task=task, mesh=mesh, rules=rules,
+                            init=lambda m: init_variables(m, task, example, init_key)) if teacher else None
   return Setup(mesh, rules, dataset, model, task, tx, batch_size, abstract, shardings, init,
                stream_keys(config.seed), teacher, teacher.abstract if teacher else {})
 
