@@ -6,6 +6,7 @@ Conventions follow librosa's defaults (Slaney mel scale and area normalization) 
 frame t covers samples [t * hop, t * hop + win), so padding an utterance never changes its valid frames.
 """
 
+import io
 import math
 import os
 
@@ -164,19 +165,24 @@ def _as_int16_scale(data):
   return data.astype(np.float64) * (32768.0 / 2 ** (8 * data.dtype.itemsize - 1))
 
 
-def read_wav(path: str, sample_rate: int = 16000) -> np.ndarray:
-  """A WAV file's samples as 1-D int16 at sample_rate: scipy.io.wavfile.read; multi-channel -> mean over
-  channels; float or int32/uint8 WAVs converted to int16's scale; a different rate resampled with
-  scipy.signal.resample_poly (up/down from the gcd). Raises bigjax.config.ConfigError with ONE line naming
-  the file for a missing file ('... does not exist') or anything not a readable WAV ('... is not a readable
-  WAV file (<the reason>)'), and for an empty one."""
+def read_wav(path: str | bytes, sample_rate: int = 16000) -> np.ndarray:
+  """A WAV file's samples (path: its name, or its bytes) as 1-D int16 at sample_rate:
+  scipy.io.wavfile.read; multi-channel -> mean over channels; float or int32/uint8 WAVs converted to
+  int16's scale; a different rate resampled with scipy.signal.resample_poly (up/down from the gcd).
+  Raises bigjax.config.ConfigError with ONE line naming the file for a missing file ('... does not
+  exist') or anything not a readable WAV ('... is not a readable WAV file (<the reason>)'), and for an
+  empty one."""
   import scipy.io.wavfile
   import scipy.signal
 
-  if not os.path.exists(path):
+  if isinstance(path, bytes):
+    path, source = 'in the request', io.BytesIO(path)
+  elif not os.path.exists(path):
     raise ConfigError(f'audio file {path!r} does not exist: check the path')
+  else:
+    source = path
   try:
-    rate, data = scipy.io.wavfile.read(path)
+    rate, data = scipy.io.wavfile.read(source)
   except Exception as e:  # scipy raises ValueError, OSError, EOFError... for files it cannot parse
     reason = ' '.join(str(e).split()) or type(e).__name__
     raise ConfigError(f'audio file {path!r} is not a readable WAV file ({reason})') from None

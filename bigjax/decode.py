@@ -54,27 +54,48 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
   return tokens, valid
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k', 'top_p'))
-def _generate(model, params, tokens, valid, rng, *, max_new_tokens, temperature, top_k, top_p):
+def choose_rows(logits, key, temperature, top_k, top_p):
+  """One token per row with each row's own options, all (B,) arrays (a served batch mixes requests):
+  temperature 0 is greedy, top_k 0 and top_p 1 keep every token."""
+  def one(logits, key, temperature, top_k, top_p):
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    ordered = jnp.sort(scaled)[::-1]
+    kth = jnp.where(top_k > 0, ordered[jnp.clip(top_k - 1, 0, logits.shape[-1] - 1)], -jnp.inf)
+    cumulative = jnp.cumsum(jax.nn.softmax(ordered))
+    inside = jnp.concatenate([jnp.ones((1,), bool), cumulative[:-1] < top_p])
+    nucleus = jnp.min(jnp.where(inside, ordered, jnp.inf))
+    kept = jnp.where((scaled < kth) | (scaled < nucleus), -jnp.inf, scaled)
+    return jnp.where(temperature > 0, jax.random.categorical(key, kept), jnp.argmax(logits))
+  return jax.vmap(one)(logits, key, temperature, top_k, top_p)
+
+
+def continue_prompts(model, params, tokens, valid, *, choose, xs):
+  """New tokens (B, len(xs)) after left-padded prompts: choose(logits (B, V), x) -> (B,) ids, x the
+  step's element of xs (a key, say)."""
   batch, width = tokens.shape
-  cache = model.init(jax.random.key(0), jnp.zeros((batch, width + max_new_tokens), jnp.int32),
+  cache = model.init(jax.random.key(0), jnp.zeros((batch, width + xs.shape[0]), jnp.int32),
                      decode=True)['cache']  # zeros, sized for prompt + continuation
   positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
   logits, updated = model.apply({'params': params, 'cache': cache}, tokens, positions=positions, valid=valid,
                                 decode=True, mutable=['cache'])
   next_position = positions[:, -1] + 1
 
-  def step(carry, rng):
+  def step(carry, x):
     cache, logits, position = carry
-    token = _choose(logits, rng, temperature, top_k, top_p)
+    token = choose(logits, x)
     logits, updated = model.apply({'params': params, 'cache': cache}, token[:, None],
                                   positions=position[:, None], valid=jnp.ones((batch, 1), bool),
                                   decode=True, mutable=['cache'])
     return (updated['cache'], logits[:, -1], position + 1), token
 
-  _, new_tokens = jax.lax.scan(step, (updated['cache'], logits[:, -1], next_position),
-                               jax.random.split(rng, max_new_tokens))
-  return new_tokens.T  # (B, max_new_tokens)
+  _, new_tokens = jax.lax.scan(step, (updated['cache'], logits[:, -1], next_position), xs)
+  return new_tokens.T
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k', 'top_p'))
+def _generate(model, params, tokens, valid, rng, *, max_new_tokens, temperature, top_k, top_p):
+  return continue_prompts(model, params, tokens, valid, xs=jax.random.split(rng, max_new_tokens),
+                          choose=lambda logits, rng: _choose(logits, rng, temperature, top_k, top_p))
 
 
 def sample(model, params, prompts: list[list[int]], pad_id: int, *, max_new_tokens: int, rng,

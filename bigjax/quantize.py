@@ -163,7 +163,7 @@ def _parse_flags(argv):
     fail(str(e).splitlines()[0])
 
 
-def _bigjax_or_warning(record) -> bool:
+def bigjax_or_warning(record) -> bool:
   """Keeps INFO lines from bigjax only (Orbax alone logs dozens per checkpoint), and not Orbax's
   warning that the run's checkpoints are opened read-only, as bigjax asked: as bigjax.main does."""
   if record.getMessage().startswith('Given directory is read only'):
@@ -182,7 +182,7 @@ def main(argv) -> None:
   from bigjax import cpu, quant_eval  # noqa: PLC0415 (quant_eval imports train, which imports this)
   from bigjax.config import ConfigError, RunStopped, fail  # noqa: PLC0415
   cpu.keep_freed_memory_on_cpu()  # before jax starts its CPU client (bigjax/cpu/heap.py)
-  absl_logging.get_absl_handler().python_handler.addFilter(_bigjax_or_warning)
+  absl_logging.get_absl_handler().python_handler.addFilter(bigjax_or_warning)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:

@@ -1,0 +1,225 @@
+"""An export (python -m bigjax.export) loaded with jax alone: no model code, no config.
+
+  from bigjax.serving import load
+  model = load.load('runs/imdb/export')
+  model.warm(max_batch=32)                     # every bucket shape compiled now, none later
+  model.run([model.prepare({'text': 'a fine film'})])   # [{'label': ..., 'probabilities': {...}}]
+
+  model.call(*inputs) runs the exported function on arrays shaped as metadata['inputs'] says.
+
+`prepare` does one request's host-side work (tokenize, decode an image or a WAV file) and raises
+BadInput or TooLarge with a one-line message; `run` pads a list of prepared examples to the
+smallest compiled bucket, makes one call, and returns one JSON-able result per example. The server
+(bigjax/serving/server.py) batches requests through these two. What an export holds, and what each
+task's function takes, is in bigjax/export.py.
+"""
+
+import io
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from bigjax.data import images, tokenizers
+
+TASKS = ('classify', 'sample', 'generate', 'transcribe')
+AUDIO_SECONDS = (2, 4, 8, 16)  # audio length buckets; longer clips are refused
+
+
+class BadInput(ValueError):
+  """A request the model cannot read (an undecodable image, a malformed WAV, an empty prompt)."""
+
+
+class TooLarge(ValueError):
+  """An input over the model's length."""
+
+
+class Prepared(NamedTuple):
+  arrays: dict  # one example's arrays, without a batch axis; text and audio of their own length
+  length: int  # what decides its length bucket
+  options: dict  # the request's per-example settings (a continuation's max_new_tokens)
+
+
+def _batch_buckets(max_batch: int) -> list[int]:
+  sizes = {max_batch}
+  size = 1
+  while size < max_batch:
+    sizes.add(size)
+    size *= 4
+  return sorted(sizes)
+
+
+class Export:
+  """A loaded export. Not thread-safe: one thread calls run at a time (the server's batcher)."""
+
+  def __init__(self, path: str):
+    with open(os.path.join(path, 'metadata.json')) as f:
+      self.metadata = json.load(f)
+    self.task = self.metadata['task']
+    if self.task not in TASKS:
+      raise ValueError(f'{path}: unknown task {self.task!r} (bigjax {self.metadata.get("bigjax_version")})')
+    with open(os.path.join(path, 'function.stablehlo'), 'rb') as f:
+      self.exported = jax.export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(path, 'params.npz'), allow_pickle=False) as arrays:
+      self.params = [arrays[k] for k in sorted(arrays.files)]
+    text = self.metadata.get('text')
+    self.tokenizer = tokenizers.load(os.path.join(path, text['tokenizer'])) if text else None
+    self._device_params = jax.device_put(self.params)
+    self._compiled = {}  # (batch, length) -> the compiled function of the inputs
+
+  def call(self, *inputs):
+    """The exported function on arrays shaped as metadata['inputs'] says (any batch, any length)."""
+    return self.exported.call(self._device_params, *inputs)
+
+  # --- host side: one request's example -------------------------------------------------------------
+  def prepare(self, item: dict) -> Prepared:
+    prepare = {'classify': self._prepare_classify, 'sample': self._prepare_sample,
+               'generate': self._prepare_generate, 'transcribe': self._prepare_transcribe}[self.task]
+    return prepare(item)
+
+  def _prepare_classify(self, item):
+    if 'image' in item:
+      if 'image' not in self.metadata:
+        raise BadInput('this model classifies text: send texts, not images')
+      return Prepared({'inputs': self._image(item['image'])}, 0, {})
+    if self.tokenizer is None:
+      raise BadInput('this model classifies images: send images, not texts')
+    seq_len = self.metadata['text']['max_tokens']
+    ids = self.tokenizer.encode(item['text'])[:seq_len]  # truncated, as in training
+    return Prepared({'inputs': np.asarray(ids, np.int32)}, seq_len, {})
+
+  def _image(self, content: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (image models only)
+    height, width, channels = self.metadata['image']['shape']
+    try:
+      with Image.open(io.BytesIO(content)) as opened:
+        image = opened.convert('L' if channels == 1 else 'RGB')
+      if self.metadata['image']['resize']:  # datasets of varied sizes: the eval crop
+        pixels = images.center_crop(np.asarray(image), height)
+      else:
+        pixels = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+      raise BadInput(f'not a readable image ({type(e).__name__}): send PNG or JPEG bytes') from None
+    pixels = pixels.reshape(height, width, channels)
+    meta = self.metadata['image']
+    return images.normalize(pixels[None], meta['mean'], meta['std'])[0]
+
+  def _prepare_sample(self, item):
+    limits = self.metadata['sample']
+    new = int(item.get('max_new_tokens', limits['max_new_tokens']))
+    if not 1 <= new <= limits['max_new_tokens']:
+      raise BadInput(f'max_new_tokens must be 1..{limits["max_new_tokens"]} (the export\'s)')
+    ids = self.tokenizer.encode(item['prompt']) if item['prompt'] else [self.tokenizer.eos_id]
+    if len(ids) > limits['max_prompt_tokens']:
+      raise TooLarge(f'the prompt is {len(ids)} tokens; this model takes at most '
+                     f'{limits["max_prompt_tokens"]}')
+    options = {name: item.get(name, default) for name, default in
+               (('temperature', 0.8), ('top_k', 40), ('top_p', 0.95), ('seed', 0))}
+    if options['temperature'] < 0 or options['top_k'] < 0 or not 0 < options['top_p'] <= 1:
+      raise BadInput('temperature must be >= 0, top_k >= 0 and top_p in (0, 1]')
+    return Prepared({'tokens': np.asarray(ids, np.int32)}, len(ids), {'max_new_tokens': new, **options})
+
+  def _prepare_generate(self, item):
+    seq_len = self.metadata['text']['max_tokens']
+    ids = self.tokenizer.encode(item['text'])
+    if len(ids) > seq_len:
+      raise TooLarge(f'the text is {len(ids)} tokens; this model reads at most {seq_len}')
+    return Prepared({'inputs': np.asarray(ids, np.int32)}, seq_len, {})
+
+  def _prepare_transcribe(self, item):
+    from bigjax import audio  # noqa: PLC0415 (speech models only; it reads WAV files with scipy)
+    rate = self.metadata['audio']['sample_rate']
+    try:
+      samples = audio.read_wav(item['audio'], rate)
+    except ValueError as e:  # bigjax's ConfigError, one line
+      raise BadInput(str(e)) from None
+    if len(samples) > AUDIO_SECONDS[-1] * rate:
+      raise TooLarge(f'the audio is {len(samples) / rate:.1f} s; this server takes at most '
+                     f'{AUDIO_SECONDS[-1]} s')
+    return Prepared({'inputs': samples}, len(samples), {})
+
+  # --- device side: a batch -------------------------------------------------------------------------
+  def _lengths(self) -> list[int]:
+    if self.task == 'sample':
+      most = self.metadata['sample']['max_prompt_tokens']
+      return sorted({max(min(8, most), most // 4), max(min(8, most), most // 2), most})
+    if self.task == 'transcribe':
+      return [s * self.metadata['audio']['sample_rate'] for s in AUDIO_SECONDS]
+    return [self.metadata['text']['max_tokens']] if self.tokenizer is not None else [0]
+
+  def buckets(self, max_batch: int) -> list[tuple[int, int]]:
+    """(batch, length) shapes that run() pads to."""
+    return [(b, n) for b in _batch_buckets(max_batch) for n in self._lengths()]
+
+  def warm(self, max_batch: int) -> None:
+    """Compiles every bucket, so that no request waits for a compile."""
+    for batch, length in self.buckets(max_batch):
+      inputs = self._inputs([], batch, length)
+      compiled = jax.jit(self.exported.call).lower(self._device_params, *inputs).compile()
+      self._compiled[batch, length] = compiled
+
+  def _inputs(self, prepared: list, batch: int, length: int) -> list[np.ndarray]:
+    """The exported function's inputs for these examples, padded to (batch, length)."""
+    pad = self.tokenizer.pad_id if self.tokenizer is not None else 0
+    if self.task == 'classify' and 'image' in self.metadata:
+      out = np.zeros((batch, *self.metadata['image']['shape']), np.float32)
+      for i, p in enumerate(prepared):
+        out[i] = p.arrays['inputs']
+      return [out]
+    if self.task in ('classify', 'generate'):
+      tokens = np.full((batch, length), pad, np.int32)
+      for i, p in enumerate(prepared):
+        tokens[i, :len(p.arrays['inputs'])] = p.arrays['inputs']
+      return [tokens]
+    if self.task == 'transcribe':
+      samples, lengths = np.zeros((batch, length), np.int16), np.zeros((batch,), np.int32)
+      for i, p in enumerate(prepared):
+        samples[i, :p.length], lengths[i] = p.arrays['inputs'], p.length
+      return [samples, lengths]
+    tokens, valid = np.full((batch, length), pad, np.int32), np.zeros((batch, length), bool)
+    rows = {'temperature': np.zeros(batch, np.float32), 'top_k': np.zeros(batch, np.int32),
+            'top_p': np.ones(batch, np.float32), 'seed': np.zeros(batch, np.uint32)}
+    for i, p in enumerate(prepared):  # prompts left-padded: every row's continuation starts at the end
+      tokens[i, length - p.length:], valid[i, length - p.length:] = p.arrays['tokens'], True
+      for name, values in rows.items():
+        values[i] = p.options[name]
+    return [tokens, valid, *rows.values()]
+
+  def run(self, prepared: list[Prepared]) -> list[dict]:
+    """One call for all the examples, padded to the smallest warmed bucket that holds them."""
+    fits = [(b, n) for b, n in self._compiled if b >= len(prepared) and n >= max(p.length for p in prepared)]
+    if not fits:
+      raise ValueError(f'no warmed bucket holds {len(prepared)} examples: warm(max_batch) first')
+    batch, length = min(fits)
+    compiled = self._compiled[batch, length]
+    outputs = jax.device_get(compiled(self._device_params, *self._inputs(prepared, batch, length)))
+    return [self._result(outputs, i, p) for i, p in enumerate(prepared)]
+
+  def _result(self, outputs, i: int, p: Prepared) -> dict:
+    if self.task == 'classify':
+      labels = self.metadata['labels']
+      probabilities = outputs[i]
+      return {'label': labels[int(probabilities.argmax())],
+              'probabilities': {name: round(float(q), 6) for name, q in zip(labels, probabilities)}}
+    if self.task == 'transcribe':
+      frame_ids, frames = outputs
+      path = [int(t) for t in frame_ids[i, :frames[i]]]
+      blank = self.metadata['audio']['blank_id']  # best path: repeats merged, blanks dropped
+      ids = [t for j, t in enumerate(path) if t != blank and (j == 0 or t != path[j - 1])]
+      return {'transcript': self.tokenizer.decode(ids)}
+    ids = [int(t) for t in outputs[i]]
+    if self.task == 'sample':
+      ids = ids[:p.options['max_new_tokens']]
+    for stop in (self.tokenizer.eos_id, self.tokenizer.pad_id):  # a document (or an output) ended
+      if stop in ids:
+        ids = ids[:ids.index(stop)]
+    return {'output': self.tokenizer.decode(ids)}
+
+
+def load(path: str) -> Export:
+  """The export in folder path. FileNotFoundError if it is not one."""
+  if not os.path.isfile(os.path.join(path, 'metadata.json')):
+    raise FileNotFoundError(f'{path} is not a bigjax export (no metadata.json): run python -m bigjax.export')
+  return Export(path)
