@@ -88,7 +88,8 @@ def log_mel(samples, lengths, *, sample_rate=16000, n_fft=512, win_length=400, h
   if jnp.issubdtype(samples.dtype, jnp.integer):
     samples = samples.astype(jnp.float32) / 32768.0
   samples = samples.astype(jnp.float32)
-  count = int(num_frames(samples.shape[1], win_length, hop_length))
+  # Plain integer arithmetic: a symbolic length (an export's) flows through it too.
+  count = max(0, 1 + (samples.shape[1] - win_length) // hop_length)
   frame_lengths = jnp.minimum(num_frames(jnp.asarray(lengths), win_length, hop_length), count)
   frame_lengths = frame_lengths.astype(jnp.int32)
   window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)  # periodic Hann

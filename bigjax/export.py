@@ -25,15 +25,15 @@ import json
 import os
 import shutil
 import sys
-from importlib import metadata as package_metadata
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+import bigjax
 from bigjax import config as config_lib
-from bigjax import data, decode, evaluate, sharding, train
+from bigjax import data, decode, evaluate, quant_eval, sharding, train
 from bigjax.config import ConfigError
 from bigjax.data import pipeline, tokenizers
 
@@ -41,6 +41,9 @@ FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 TOLERANCE = 1e-5
 CHECK_EXAMPLES = 16
 PROMPT_TOKENS = 16  # of each eval row, the prompts a language model's export is checked on
+# Audio lengths the speech export takes: 640 k + 320 samples make 4 k frames of 10 ms (25 ms windows),
+# which the Conformer's 4x subsampling halves exactly twice; XLA can then prove every shape's size.
+AUDIO_MULTIPLE, AUDIO_OFFSET = 640, 320
 
 
 def kind(spec) -> str:
@@ -99,6 +102,11 @@ def _spec(name: str, shape, dtype) -> dict:
 
 def signature(s, config, task_kind: str, max_new_tokens: int):
   """(function of (variables, *inputs) for `model`, input specs with symbolic dims, output names)."""
+  if task_kind == 'transcribe':
+    b, k = jax.export.symbolic_shape('b, k', constraints=('k >= 1',))
+    return ((lambda model: _transcribe(model, s.task)),
+            [('inputs', (b, AUDIO_MULTIPLE * k + AUDIO_OFFSET), np.int16), ('input_length', (b,), np.int32)],
+            ['frame_ids', 'frames'])
   b, t = jax.export.symbolic_shape('b, t')
   spec = data.DATASETS[config.data.name]
   if task_kind == 'classify' and spec.image_shape is not None:
@@ -112,10 +120,7 @@ def signature(s, config, task_kind: str, max_new_tokens: int):
     return (lambda model: _sample(model, max_new_tokens),
             [('tokens', (b, t), np.int32), ('valid', (b, t), np.bool_)] + [(n, (b,), d) for n, d in rows],
             ['tokens'])
-  if task_kind == 'generate':
-    return (lambda model: _generate(model, s.task)), [('inputs', (b, t), np.int32)], ['tokens']
-  return ((lambda model: _transcribe(model, s.task)),
-          [('inputs', (b, t), np.int16), ('input_length', (b,), np.int32)], ['frame_ids', 'frames'])
+  return (lambda model: _generate(model, s.task)), [('inputs', (b, t), np.int32)], ['tokens']
 
 
 def check_inputs(s, config, task_kind: str) -> list[np.ndarray]:
@@ -126,12 +131,21 @@ def check_inputs(s, config, task_kind: str) -> list[np.ndarray]:
   if task_kind in ('classify', 'generate'):
     return [batch['inputs']]
   if task_kind == 'transcribe':
-    return [batch['inputs'], batch['input_length']]
+    return [audio_padded(batch['inputs']), batch['input_length']]
   tokens = batch['inputs'][:, :PROMPT_TOKENS].astype(np.int32)
   half = np.arange(n) % 2 == 0  # greedy rows and sampled rows, with each sampling option
   return [tokens, np.ones_like(tokens, bool), np.where(half, 0.0, 0.9).astype(np.float32),
           np.where(half, 0, 20).astype(np.int32), np.where(half, 1.0, 0.9).astype(np.float32),
           np.arange(n, dtype=np.uint32)]
+
+
+def audio_length(samples: int) -> int:
+  """The shortest length the speech export takes that holds this many samples."""
+  return AUDIO_OFFSET + AUDIO_MULTIPLE * max(1, -(-(samples - AUDIO_OFFSET) // AUDIO_MULTIPLE))
+
+
+def audio_padded(samples: np.ndarray) -> np.ndarray:
+  return np.pad(samples, ((0, 0), (0, audio_length(samples.shape[1]) - samples.shape[1])))
 
 
 def _max_diff(a, b) -> float:
@@ -149,20 +163,13 @@ def _max_prompt(config, max_new_tokens: int) -> int:
   return room
 
 
-def _version() -> str:
-  try:
-    return package_metadata.version('bigjax')
-  except package_metadata.PackageNotFoundError:  # run from a checkout that was never pip-installed
-    return 'unknown'
-
-
 def _metadata(s, config, task_kind, *, step, inputs, outputs, check, params, max_new_tokens) -> dict:
   spec = data.DATASETS[config.data.name]
-  meta = {'format': 'bigjax-stablehlo-1', 'task': task_kind, 'bigjax_version': _version(),
+  meta = {'format': 'bigjax-stablehlo-1', 'task': task_kind, 'bigjax_version': bigjax.__version__,
           'jax_version': jax.__version__, 'step': int(step), 'model': config.model.name,
           'data': config.data.name, 'inputs': inputs, 'outputs': outputs, 'check': check,
           'params': {'arrays': len(params), 'values': int(sum(p.size for p in params)),
-                     'bytes': int(sum(p.nbytes for p in params))}}
+                     'bytes': int(sum(p.nbytes for p in params)), 'dtypes': [p.dtype.name for p in params]}}
   if task_kind == 'classify':
     meta['labels'] = list(s.dataset.class_names or (str(i) for i in range(s.dataset.num_classes)))
   if spec.image_shape is not None:
@@ -172,13 +179,38 @@ def _metadata(s, config, task_kind, *, step, inputs, outputs, check, params, max
   if tokenizer is not None:
     meta['text'] = {'tokenizer': 'tokenizer', 'kind': tokenizer.kind, 'pad_id': tokenizer.pad_id,
                     'bos_id': tokenizer.bos_id, 'eos_id': tokenizer.eos_id,
-                    'max_tokens': int(config.data.seq_len)}
+                    'max_tokens': int(config.data.get('seq_len', 0)),
+                    # > 0: the config says padding never changes an output (data.bucket), so a server
+                    # may pad a batch to its longest text's multiple of this rather than to max_tokens
+                    'length_bucket': int(config.data.get('bucket', 0))}
+  if task_kind == 'generate':
+    meta['beam_size'] = int(config.task.beam_size)
   if task_kind == 'sample':
     meta['sample'] = {'max_new_tokens': max_new_tokens,
                       'max_prompt_tokens': _max_prompt(config, max_new_tokens)}
   if task_kind == 'transcribe':
-    meta['audio'] = {'sample_rate': 16000, 'blank_id': tokenizer.pad_id}
+    meta['audio'] = {'sample_rate': 16000, 'blank_id': tokenizer.pad_id, 'length_multiple': AUDIO_MULTIPLE,
+                     'length_offset': AUDIO_OFFSET}
   return meta
+
+
+def _beam_size_one(config) -> None:
+  if kind(data.DATASETS[config.data.name]) == 'transcribe':
+    config.task.beam_size = 1  # the best path on the device; prefix beam search is host-side
+
+
+def _restore(workdir: str):
+  """(config, Setup, state, step, quantization mode or '') of a run's newest checkpoint, or of a
+  quantized folder (python -m bigjax.quantize's RUN/quantized/MODE)."""
+  if quant_eval.is_quantized(workdir):
+    config, s, state, info = quant_eval.restore_folder(workdir, _beam_size_one)
+    return config, s, state, info['step'], info['mode']
+  config = config_lib.from_workdir(workdir)
+  _beam_size_one(config)
+  s = train.setup(config, workdir)
+  with sharding.active(s.mesh, s.rules):
+    state, step = train.restore_newest(s, config, workdir)
+  return config, s, state, step, ''
 
 
 def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_new_tokens: int = 64,
@@ -196,17 +228,13 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
     stablehlo = os.path.join(out, 'stablehlo')
     export(workdir, stablehlo, max_new_tokens=max_new_tokens, platforms=platforms)
     return export_tf.savedmodel(stablehlo, os.path.join(out, 'savedmodel'))['path']
-  config = config_lib.from_workdir(workdir)
   if max_new_tokens < 1:
     raise ConfigError(f'--max_new_tokens={max_new_tokens} must be >= 1')
+  config, s, state, step, quantized = _restore(workdir)
   task_kind = kind(data.DATASETS[config.data.name])
   if task_kind == 'sample':
     _max_prompt(config, max_new_tokens)
-  if task_kind == 'transcribe':
-    config.task.beam_size = 1  # the best path on the device; prefix beam search is host-side
-  s = train.setup(config, workdir)
   with sharding.active(s.mesh, s.rules):
-    state, step = train.restore_newest(s, config, workdir)
     variables = jax.device_get(evaluate.variables(state))
     make, specs, output_names = signature(s, config, task_kind, max_new_tokens)
     inputs = check_inputs(s, config, task_kind)
@@ -228,9 +256,15 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
   check = {'examples': len(inputs[0]), 'max_abs_diff': diff, 'tolerance': TOLERANCE, 'split': 'eval'}
   meta = _metadata(s, config, task_kind, step=step, inputs=[_spec(*x) for x in specs], outputs=outputs,
                    check=check, params=params, max_new_tokens=max_new_tokens)
-  meta['platforms'] = list(platforms)
+  meta.update(platforms=list(platforms), quantized=quantized)
   _write(out, exported.serialize(), params, meta, s.dataset.tokenizer)
   return out
+
+
+def _storable(x: np.ndarray) -> np.ndarray:
+  """x as numpy can save it without pickles: JAX's extra types (int4, bfloat16) as unsigned integers of
+  their width; metadata's params.dtypes says what to view them as."""
+  return x.view(f'uint{8 * x.dtype.itemsize}') if x.dtype.type.__module__.startswith('ml_dtypes') else x
 
 
 def _write(out: str, function: bytes, params: list, meta: dict, tokenizer) -> None:
@@ -240,7 +274,7 @@ def _write(out: str, function: bytes, params: list, meta: dict, tokenizer) -> No
     shutil.rmtree(stage)
   stage.mkdir(parents=True)
   (stage / 'function.stablehlo').write_bytes(bytes(function))
-  np.savez(stage / 'params.npz', **{f'{i:05d}': p for i, p in enumerate(params)})
+  np.savez(stage / 'params.npz', **{f'{i:05d}': _storable(p) for i, p in enumerate(params)})
   if tokenizer is not None and 'text' in meta:
     tokenizers.save(tokenizer, str(stage / 'tokenizer'))
   (stage / 'metadata.json').write_text(json.dumps(meta, indent=1) + '\n')
@@ -251,7 +285,6 @@ def _write(out: str, function: bytes, params: list, meta: dict, tokenizer) -> No
 
 def main(argv) -> None:
   from absl import flags  # noqa: PLC0415
-
   from absl import logging as absl_logging  # noqa: PLC0415
 
   from bigjax import cpu, quantize  # noqa: PLC0415
@@ -264,7 +297,7 @@ def main(argv) -> None:
   if not f.workdir:
     fail('--workdir=RUN is required: the folder of a trained run')
   try:
-    if not os.path.isdir(os.path.join(f.workdir, 'checkpoints')):
+    if not (os.path.isdir(os.path.join(f.workdir, 'checkpoints')) or quant_eval.is_quantized(f.workdir)):
       raise ConfigError(f'no checkpoints in {f.workdir}: train first, or pass the --workdir of a run')
     platforms = tuple(p.strip() for p in f.platforms.split(',') if p.strip())
     path = export(f.workdir, f.out, f.format, max_new_tokens=f.max_new_tokens, platforms=platforms)

@@ -224,10 +224,13 @@ def is_quantized(workdir: str) -> bool:
   return (files.path(workdir) / INFO).exists()
 
 
-def evaluate_folder(workdir: str) -> list[dict]:
-  """--mode=eval of a quantized folder: one line per split, as evaluate_checkpoint prints."""
+def restore_folder(workdir: str, adjust=None):
+  """(config, the PTQ Setup, its state, quantized.json) of a quantized folder; adjust(config), if
+  given, edits the config before the Setup is built."""
   info = json.loads((files.path(workdir) / INFO).read_text())
   config = from_workdir(workdir)
+  if adjust:
+    adjust(config)
   s = train.setup(config, workdir)
   qs, abstract = quantized_setup(s, info['mode'], info['calibration_batches'] > 0)
   restored = restore(os.path.join(workdir, PARAMS_DIR), qs, abstract, s.abstract_state.model_state,
@@ -235,7 +238,12 @@ def evaluate_folder(workdir: str) -> list[dict]:
   qstate = train.TrainState(step=jnp.asarray(info['step'], jnp.int32), params=restored['params'],
                             model_state=restored['model_state'], opt_state=(),
                             nonfinite_steps=jnp.zeros((), jnp.int32))
-  qs = _with_shardings(qs, qstate)
+  return config, _with_shardings(qs, qstate), qstate, info
+
+
+def evaluate_folder(workdir: str) -> list[dict]:
+  """--mode=eval of a quantized folder: one line per split, as evaluate_checkpoint prints."""
+  config, qs, qstate, info = restore_folder(workdir)
   evaluate_split = evaluate.make_evaluate(qs, config)
   lines = []
   with sharding.active(qs.mesh, qs.rules):

@@ -2,6 +2,7 @@
 runs, loaded in a process that cannot import bigjax's model code, and compared with the checkpoint's own
 outputs; the export's refusals; batches whose rows do not depend on each other."""
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from bigjax import decode, export, train
 from bigjax.config import ConfigError
@@ -148,8 +150,12 @@ def test_bad_requests_are_one_line_errors(runs):
   limit = lm.metadata['sample']['max_prompt_tokens']
   with pytest.raises(load.TooLarge, match=f'at most {limit}'):
     lm.prepare({'prompt': 'x' * (limit + 1)})
-  with pytest.raises(load.BadInput, match='max_new_tokens'):
+  with pytest.raises(load.TooLarge, match='max_new_tokens=9'):
     lm.prepare({'prompt': 'x', 'max_new_tokens': 9})
+  huge = io.BytesIO()
+  Image.new('L', (5000, 5000)).save(huge, 'PNG')  # 25 MB of pixels in a few KB
+  with pytest.raises(load.TooLarge, match='5000x5000'):
+    cnn.prepare({'image': huge.getvalue()})
   with pytest.raises(load.BadInput, match='not a readable image'):
     cnn.prepare({'image': b'GIF89a not really'})
   with pytest.raises(load.BadInput, match='classifies images'):
@@ -171,3 +177,17 @@ def test_the_command_line_errors_are_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().count('\n') == 0
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow  # quantizing times five eval passes of each model
+def test_a_quantized_folder_exports_its_integer_weights(runs, tmp_path):
+  from bigjax import quant_eval  # noqa: PLC0415
+  _, workdir, float_export = runs['cnn']
+  quant_eval.export(workdir, 'int4_weights', 0)
+  path = export.export(os.path.join(workdir, 'quantized', 'int4_weights'), str(tmp_path / 'int4'))
+  model, reference = load.load(path), load.load(float_export)
+  assert model.metadata['quantized'] == 'int4_weights' and 'int4' in model.metadata['params']['dtypes']
+  assert any(p.dtype == 'int4' for p in model.params)
+  inputs = np.zeros((2, *model.metadata['inputs'][0]['shape'][1:]), np.float32)
+  inputs[1] = 1.0
+  assert 0 < np.abs(np.asarray(model.call(inputs)) - np.asarray(reference.call(inputs))).max() < 0.1

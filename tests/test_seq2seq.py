@@ -175,6 +175,26 @@ def test_generate_needs_a_pair_config_and_a_text():
   assert result.returncode == 2 and 'use seq2seq for a text pair dataset' in result.stderr
 
 
+@pytest.mark.slow  # a run, an export and its beam search compiled: about 40 s
+def test_an_exported_translator_generates_as_the_generate_mode_does(lists, tmp_path):
+  from bigjax import export  # noqa: PLC0415
+  from bigjax.serving import load  # noqa: PLC0415
+  workdir = tmp_path / 'run'
+  assert run_main(*_args(lists, tmp_path / 'data', workdir)).returncode == 0
+  texts = ['the file tool', 'music for everyone']
+  flags = _args(lists, tmp_path / 'data', workdir, '--mode=generate', *(f'--text={t}' for t in texts))
+  generated = run_main(*flags)
+  assert generated.returncode == 0, generated.stderr[-3000:]
+  model = load.load(export.export(str(workdir)))
+  assert model.task == 'generate' and model.metadata['inputs'][0]['shape'] == ['b', 't']
+  model.warm(max_batch=2)
+  outputs = model.run([model.prepare({'text': t}) for t in texts])
+  expected = [json.loads(line)['output'] for line in generated.stdout.splitlines()]
+  assert [o['output'] for o in outputs] == expected
+  with pytest.raises(load.TooLarge, match='at most 24'):
+    model.prepare({'text': ' '.join(['music'] * 30)})
+
+
 @pytest.mark.slow
 def test_a_seq2seq_run_killed_and_resumed_ends_where_an_unbroken_one_does(lists, tmp_path):
   reference = tmp_path / 'reference'

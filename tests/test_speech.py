@@ -214,3 +214,22 @@ def test_a_speech_placeholder_has_the_configured_shapes_for_dry_runs():
   batch = next(pipeline.eval_batches(ds.splits['train'], ds.preprocess, 4))
   assert batch['inputs'].shape == (4, 32000) and batch['inputs'].dtype == np.int16
   assert batch['labels'].shape == (4, 50) and ds.num_classes == 259
+
+
+@pytest.mark.slow  # a speech run, an export and a transcription: about a minute
+def test_an_exported_speech_model_transcribes_as_the_transcribe_mode_does(corpus, tmp_path):
+  from bigjax import export  # noqa: PLC0415
+  from bigjax.serving import load  # noqa: PLC0415
+  workdir = tmp_path / 'run'
+  assert run_main(*_args(corpus, workdir, '--config.task.beam_size=1')).returncode == 0
+  wav = tmp_path / 'a.wav'
+  assert run_module('bigjax.data.espeak', '--text=a new sentence', f'--out={wav}').returncode == 0
+  out = run_main(*_args(corpus, workdir, '--config.task.beam_size=1', '--mode=transcribe', f'--audio={wav}'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  model = load.load(export.export(str(workdir)))
+  assert model.metadata['inputs'][0] == {'name': 'inputs', 'shape': ['b', '640*k + 320'], 'dtype': 'int16'}
+  model.warm(max_batch=2)
+  [result] = model.run([model.prepare({'audio': wav.read_bytes()})])
+  assert result['transcript'] == json.loads(out.stdout.splitlines()[0])['transcript']
+  with pytest.raises(load.BadInput, match='not a readable WAV'):
+    model.prepare({'audio': b'RIFF but not really'})

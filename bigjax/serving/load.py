@@ -20,12 +20,14 @@ import os
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bigjax.data import images, tokenizers
 
 TASKS = ('classify', 'sample', 'generate', 'transcribe')
 AUDIO_SECONDS = (2, 4, 8, 16)  # audio length buckets; longer clips are refused
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class BadInput(ValueError):
@@ -43,12 +45,8 @@ class Prepared(NamedTuple):
 
 
 def _batch_buckets(max_batch: int) -> list[int]:
-  sizes = {max_batch}
-  size = 1
-  while size < max_batch:
-    sizes.add(size)
-    size *= 4
-  return sorted(sizes)
+  """Powers of two up to max_batch, and max_batch: a batch is padded by less than half."""
+  return sorted({max_batch} | {1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch})
 
 
 class Export:
@@ -63,7 +61,9 @@ class Export:
     with open(os.path.join(path, 'function.stablehlo'), 'rb') as f:
       self.exported = jax.export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, 'params.npz'), allow_pickle=False) as arrays:
-      self.params = [arrays[k] for k in sorted(arrays.files)]
+      stored = [arrays[k] for k in sorted(arrays.files)]
+    # int4 and bfloat16 are stored as unsigned integers of their width (numpy has no such types)
+    self.params = [x.view(jnp.dtype(name)) for x, name in zip(stored, self.metadata['params']['dtypes'])]
     text = self.metadata.get('text')
     self.tokenizer = tokenizers.load(os.path.join(path, text['tokenizer'])) if text else None
     self._device_params = jax.device_put(self.params)
@@ -88,18 +88,27 @@ class Export:
       raise BadInput('this model classifies images: send images, not texts')
     seq_len = self.metadata['text']['max_tokens']
     ids = self.tokenizer.encode(item['text'])[:seq_len]  # truncated, as in training
-    return Prepared({'inputs': np.asarray(ids, np.int32)}, seq_len, {})
+    return Prepared({'inputs': np.asarray(ids, np.int32)}, self._padded_length(len(ids)), {})
+
+  def _padded_length(self, tokens: int) -> int:
+    """The length a text is padded to: max_tokens, or less where padding changes nothing."""
+    return min(length for length in self._lengths() if length >= min(tokens, self._lengths()[-1]))
 
   def _image(self, content: bytes) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (image models only)
     height, width, channels = self.metadata['image']['shape']
     try:
-      with Image.open(io.BytesIO(content)) as opened:
+      with Image.open(io.BytesIO(content)) as opened:  # reads the header only, so far
+        if opened.width * opened.height > MAX_IMAGE_PIXELS:  # a small file can decode to gigabytes
+          raise TooLarge(f'the image is {opened.width}x{opened.height}; this server takes at most '
+                         f'{MAX_IMAGE_PIXELS} pixels')
         image = opened.convert('L' if channels == 1 else 'RGB')
       if self.metadata['image']['resize']:  # datasets of varied sizes: the eval crop
         pixels = images.center_crop(np.asarray(image), height)
       else:
         pixels = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    except TooLarge:
+      raise
     except (UnidentifiedImageError, OSError, ValueError) as e:
       raise BadInput(f'not a readable image ({type(e).__name__}): send PNG or JPEG bytes') from None
     pixels = pixels.reshape(height, width, channels)
@@ -109,8 +118,11 @@ class Export:
   def _prepare_sample(self, item):
     limits = self.metadata['sample']
     new = int(item.get('max_new_tokens', limits['max_new_tokens']))
-    if not 1 <= new <= limits['max_new_tokens']:
-      raise BadInput(f'max_new_tokens must be 1..{limits["max_new_tokens"]} (the export\'s)')
+    if new < 1:
+      raise BadInput('max_new_tokens must be >= 1')
+    if new > limits['max_new_tokens']:
+      raise TooLarge(f'max_new_tokens={new}: this export continues by at most {limits["max_new_tokens"]} '
+                     f'(python -m bigjax.export --max_new_tokens)')
     ids = self.tokenizer.encode(item['prompt']) if item['prompt'] else [self.tokenizer.eos_id]
     if len(ids) > limits['max_prompt_tokens']:
       raise TooLarge(f'the prompt is {len(ids)} tokens; this model takes at most '
@@ -126,7 +138,10 @@ class Export:
     ids = self.tokenizer.encode(item['text'])
     if len(ids) > seq_len:
       raise TooLarge(f'the text is {len(ids)} tokens; this model reads at most {seq_len}')
-    return Prepared({'inputs': np.asarray(ids, np.int32)}, seq_len, {})
+    if item.get('beam_size') not in (None, self.metadata['beam_size']):
+      raise BadInput(f'beam_size={item["beam_size"]}: this export searches with {self.metadata["beam_size"]} '
+                     f'beams (export the run again with another config.task.beam_size)')
+    return Prepared({'inputs': np.asarray(ids, np.int32)}, self._padded_length(len(ids)), {})
 
   def _prepare_transcribe(self, item):
     from bigjax import audio  # noqa: PLC0415 (speech models only; it reads WAV files with scipy)
@@ -145,9 +160,18 @@ class Export:
     if self.task == 'sample':
       most = self.metadata['sample']['max_prompt_tokens']
       return sorted({max(min(8, most), most // 4), max(min(8, most), most // 2), most})
-    if self.task == 'transcribe':
-      return [s * self.metadata['audio']['sample_rate'] for s in AUDIO_SECONDS]
-    return [self.metadata['text']['max_tokens']] if self.tokenizer is not None else [0]
+    if self.task == 'transcribe':  # the lengths the export takes: offset + a multiple
+      meta = self.metadata['audio']
+      step, offset = meta['length_multiple'], meta['length_offset']
+      return [offset + step * -(-(s * meta['sample_rate'] - offset) // step) for s in AUDIO_SECONDS]
+    if self.tokenizer is None:
+      return [0]
+    most, bucket = self.metadata['text']['max_tokens'], self.metadata['text'].get('length_bucket', 0)
+    lengths, length = {most}, bucket
+    while 0 < length < most:  # doubling from the config's bucket: a text is padded by less than half
+      lengths.add(length)
+      length *= 2
+    return sorted(lengths)
 
   def buckets(self, max_batch: int) -> list[tuple[int, int]]:
     """(batch, length) shapes that run() pads to."""
