@@ -54,19 +54,38 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
   return tokens, valid
 
 
+CANDIDATES = 64  # choose_rows's fast path: rows whose top_k is at most this sort only these tokens
+
+
 def choose_rows(logits, key, temperature, top_k, top_p):
   """One token per row with each row's own options, all (B,) arrays (a served batch mixes requests):
-  temperature 0 is greedy, top_k 0 and top_p 1 keep every token."""
-  def one(logits, key, temperature, top_k, top_p):
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    ordered = jnp.sort(scaled)[::-1]
-    kth = jnp.where(top_k > 0, ordered[jnp.clip(top_k - 1, 0, logits.shape[-1] - 1)], -jnp.inf)
-    cumulative = jnp.cumsum(jax.nn.softmax(ordered))
-    inside = jnp.concatenate([jnp.ones((1,), bool), cumulative[:-1] < top_p])
-    nucleus = jnp.min(jnp.where(inside, ordered, jnp.inf))
-    kept = jnp.where((scaled < kth) | (scaled < nucleus), -jnp.inf, scaled)
-    return jnp.where(temperature > 0, jax.random.categorical(key, kept), jnp.argmax(logits))
-  return jax.vmap(one)(logits, key, temperature, top_k, top_p)
+  temperature 0 is greedy, top_k 0 and top_p 1 keep every token. A sampled row draws what
+  jax.random.categorical(its key, filter_logits(its logits, ...)) draws, whatever else is in the batch:
+  the Gumbel noise of every token comes from the row's key, and the top-p nucleus is taken after top-k.
+  When every row's top_k is between 1 and CANDIDATES, only that many tokens are sorted (lax.top_k);
+  a full sort of the vocabulary per row per step costs more than the model on a CPU."""
+  batch, vocab = logits.shape
+  scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+  noise = jax.vmap(lambda k: jax.random.gumbel(k, (vocab,)))(key)
+
+  def among(values, index):  # values (B, N) descending, index (B, N) their token ids
+    rank = jnp.arange(values.shape[1])[None, :]
+    kept = (top_k[:, None] == 0) | (rank < top_k[:, None])
+    cumulative = jnp.cumsum(jax.nn.softmax(jnp.where(kept, values, -jnp.inf), axis=-1), axis=-1)
+    inside = jnp.concatenate([jnp.ones((batch, 1), bool), cumulative[:, :-1] < top_p[:, None]], axis=-1)
+    noisy = jnp.where(kept & inside, values + jnp.take_along_axis(noise, index, axis=1), -jnp.inf)
+    return jnp.take_along_axis(index, noisy.argmax(-1)[:, None], axis=1)[:, 0]
+
+  def few():
+    return among(*jax.lax.top_k(scaled, min(CANDIDATES, vocab)))
+
+  def every():
+    index = jnp.argsort(-scaled, axis=-1, stable=True)
+    return among(jnp.take_along_axis(scaled, index, axis=1), index)
+
+  fits = jnp.all((temperature == 0) | ((top_k > 0) & (top_k <= CANDIDATES)))
+  sampled = jax.lax.cond(fits, few, every)
+  return jnp.where(temperature > 0, sampled, logits.argmax(-1)).astype(jnp.int32)
 
 
 def continue_prompts(model, params, tokens, valid, *, choose, xs):

@@ -227,7 +227,12 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
     from bigjax import export_tf  # noqa: PLC0415 (TensorFlow only for this format)
     stablehlo = os.path.join(out, 'stablehlo')
     export(workdir, stablehlo, max_new_tokens=max_new_tokens, platforms=platforms)
-    return export_tf.savedmodel(stablehlo, os.path.join(out, 'savedmodel'))['path']
+    result = export_tf.savedmodel(stablehlo, os.path.join(out, 'savedmodel'))
+    meta_path = epath.Path(result['path']) / 'metadata.json'
+    meta = json.loads(meta_path.read_text())
+    meta['check']['tensorflow_max_abs_diff'] = result['max_abs_diff']  # the SavedModel against the export
+    meta_path.write_text(json.dumps(meta, indent=1) + '\n')
+    return result['path']
   if max_new_tokens < 1:
     raise ConfigError(f'--max_new_tokens={max_new_tokens} must be >= 1')
   config, s, state, step, quantized = _restore(workdir)
@@ -301,7 +306,7 @@ def main(argv) -> None:
       raise ConfigError(f'no checkpoints in {f.workdir}: train first, or pass the --workdir of a run')
     platforms = tuple(p.strip() for p in f.platforms.split(',') if p.strip())
     path = export(f.workdir, f.out, f.format, max_new_tokens=f.max_new_tokens, platforms=platforms)
-    meta = json.loads((epath.Path(path) / 'metadata.json').read_text()) if fmt_is_stablehlo(path) else {}
+    meta = json.loads((epath.Path(path) / 'metadata.json').read_text())
     print(json.dumps({'path': path, 'format': f.format, **{k: meta[k] for k in ('task', 'step', 'check')
                                                           if k in meta}}), flush=True)
   except ConfigError as e:
@@ -309,10 +314,6 @@ def main(argv) -> None:
   except RunStopped as e:
     print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
     sys.exit(e.status)
-
-
-def fmt_is_stablehlo(path: str) -> bool:
-  return (epath.Path(path) / 'metadata.json').exists() and (epath.Path(path) / 'function.stablehlo').exists()
 
 
 if __name__ == '__main__':

@@ -133,7 +133,7 @@ def test_a_served_batch_gives_each_row_what_it_gives_alone(runs):
   together = model.run([model.prepare(r) for r in requests])
   alone = [model.run([model.prepare(r)])[0] for r in requests]
   assert together == alone
-  assert len(model.tokenizer.encode(together[2]['output'])) <= 3
+  assert len(together[2]['output']) <= 3  # 3 bytes (the tiny LM's tokens) make at most 3 characters
   other_seed = model.run([model.prepare({**requests[1], 'seed': 8})])[0]
   assert model.run([model.prepare(requests[1])])[0] == alone[1] and 'output' in other_seed
 

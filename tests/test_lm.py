@@ -340,3 +340,19 @@ def test_train_then_sample_from_the_command_line(data_dir, tmp_path):
   assert len(samples) == 2 and all(line.startswith('--- def ') for line in samples)
   bad = run_main(*flags, '--mode=sample', '--top_p=0')
   assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'top_p' in bad.stderr
+
+
+def test_per_row_sampling_draws_what_mode_sample_draws_for_each_row():
+  """decode.choose_rows (an export's sampler: each row its own options) against
+  jax.random.categorical over filter_logits (--mode=sample's), row by row: on its fast path (every
+  top_k within CANDIDATES), and with one row that needs the whole vocabulary sorted (top_k 0, 200)."""
+  logits = jax.random.normal(jax.random.key(0), (6, 300)) * 3
+  keys = jax.random.split(jax.random.key(1), 6)
+  temperature = jnp.array([0.0, 0.7, 1.0, 1.3, 0.9, 0.5])
+  top_p = jnp.array([1.0, 0.9, 0.95, 0.5, 1.0, 1.0])
+  for top_k in ([0, 5, 40, 64, 1, 20], [0, 5, 0, 64, 1, 20], [0, 5, 200, 64, 1, 20]):
+    got = decode.choose_rows(logits, keys, temperature, jnp.array(top_k, jnp.int32), top_p)
+    for r, (t, k, p) in enumerate(zip(temperature.tolist(), top_k, top_p.tolist())):
+      expected = jax.random.categorical(keys[r], decode.filter_logits(logits[r:r + 1], t, k, p)[0]) if t \
+          else logits[r].argmax()
+      assert int(got[r]) == int(expected), (top_k, r)

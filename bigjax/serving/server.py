@@ -338,7 +338,7 @@ def create_app(exp, settings: Settings = Settings()) -> FastAPI:
 
 
 _PAGE = '''<!doctype html>
-<html><head><meta charset="utf-8"><title>bigjax: {task}</title></head>
+<html><head><meta charset="utf-8"><title>bigjax: {task}</title><link rel="icon" href="data:,"></head>
 <body style="font-family: sans-serif; max-width: 46em; margin: 2em auto"><h1>bigjax: {task}</h1>
 <form id="form" data-endpoint="{endpoint}" data-field="{field}" data-list="{is_list}">{control}
 <p><button type="submit">Send</button></p></form><pre id="answer" style="white-space: pre-wrap"></pre>
@@ -355,12 +355,16 @@ const show = answer => answer.error ? 'error: ' + answer.error : answer.predicti
   answer.output ?? answer.transcript ?? JSON.stringify(answer);
 form.addEventListener('submit', async event => {{
   event.preventDefault();
-  const v = await value(document.getElementById('input')), body = {{}};
+  const input = document.getElementById('input'), body = {{}};
+  if (input.type === 'file' && !input.files.length) {{ out.textContent = 'choose a file first'; return; }}
+  const v = await value(input);
   body[form.dataset.field] = form.dataset.list === 'true' ? [v] : v;
   out.textContent = '...';
-  const response = await fetch(form.dataset.endpoint, {{method: 'POST',
-    headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify(body)}});
-  out.textContent = show(await response.json());
+  try {{
+    const response = await fetch(form.dataset.endpoint, {{method: 'POST',
+      headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify(body)}});
+    out.textContent = show(await response.json());
+  }} catch (error) {{ out.textContent = 'error: ' + error; }}
 }});
 </script></body></html>
 '''
