@@ -6,6 +6,7 @@ line with `--config.a.b=value`; `validate` turns a bad value into one line that
 names the field and what is allowed.
 """
 
+import contextlib
 import sys
 
 import ml_collections
@@ -44,6 +45,18 @@ def fail(message: str) -> None:
   """Bad input: one line on stderr, exit status 2 (nothing has been written yet)."""
   print(f'bigjax: error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+@contextlib.contextmanager
+def one_line_exits():
+  """A command's body: ConfigError exits 2 and RunStopped with its status, each with one line."""
+  try:
+    yield
+  except ConfigError as e:
+    fail(str(e))
+  except RunStopped as e:
+    print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
+    sys.exit(e.status)
 
 
 def _augment_config() -> ml_collections.ConfigDict:

@@ -24,7 +24,6 @@ by more than 1e-5. savedmodel wraps the same function for TensorFlow Serving (bi
 import json
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -293,7 +292,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging  # noqa: PLC0415
 
   from bigjax import cpu, quantize  # noqa: PLC0415
-  from bigjax.config import RunStopped, fail  # noqa: PLC0415
+  from bigjax.config import fail, one_line_exits  # noqa: PLC0415
   cpu.keep_freed_memory_on_cpu()
   absl_logging.get_absl_handler().python_handler.addFilter(quantize.bigjax_or_warning)
   if len(argv) > 1:
@@ -301,7 +300,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     fail('--workdir=RUN is required: the folder of a trained run')
-  try:
+  with one_line_exits():
     if not (os.path.isdir(os.path.join(f.workdir, 'checkpoints')) or quant_eval.is_quantized(f.workdir)):
       raise ConfigError(f'no checkpoints in {f.workdir}: train first, or pass the --workdir of a run')
     platforms = tuple(p.strip() for p in f.platforms.split(',') if p.strip())
@@ -309,11 +308,6 @@ def main(argv) -> None:
     meta = json.loads((epath.Path(path) / 'metadata.json').read_text())
     print(json.dumps({'path': path, 'format': f.format, **{k: meta[k] for k in ('task', 'step', 'check')
                                                           if k in meta}}), flush=True)
-  except ConfigError as e:
-    fail(str(e))
-  except RunStopped as e:
-    print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
-    sys.exit(e.status)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bigjax import cpu
-from bigjax.config import ConfigError, RunStopped, fail, from_workdir, validate
+from bigjax.config import ConfigError, fail, from_workdir, one_line_exits, validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, FILE[:ARG].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder; default runs/<config name>.')
@@ -253,7 +253,7 @@ def main(argv):
   spec = _config_spec(sys.argv)
   workdir = _WORKDIR.value or default_workdir(spec)
   config = _CONFIG.value if spec else from_workdir(workdir)
-  try:
+  with one_line_exits():
     validate(config)
     if _TOPOLOGY.value:
       _compile_only_host(_TOPOLOGY.value)
@@ -261,11 +261,6 @@ def main(argv):
       raise ConfigError('--coordinator_address needs --num_processes and --process_id too')
     init_distributed()
     run_mode(config, workdir)
-  except ConfigError as e:
-    fail(str(e))
-  except RunStopped as e:
-    print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
-    sys.exit(e.status)
 
 
 if __name__ == '__main__':

@@ -39,7 +39,6 @@ bigjax/quant_eval.py writes and evaluates the quantized folder.
 
 import logging
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -180,21 +179,16 @@ def main(argv) -> None:
   from absl import logging as absl_logging  # noqa: PLC0415
 
   from bigjax import cpu, quant_eval  # noqa: PLC0415 (quant_eval imports train, which imports this)
-  from bigjax.config import ConfigError, RunStopped, fail  # noqa: PLC0415
+  from bigjax.config import fail, one_line_exits  # noqa: PLC0415
   cpu.keep_freed_memory_on_cpu()  # before jax starts its CPU client (bigjax/cpu/heap.py)
   absl_logging.get_absl_handler().python_handler.addFilter(bigjax_or_warning)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:
     fail('--workdir=RUN is required: the folder of a trained run')
-  try:
+  with one_line_exits():  # RunStopped: a checkpoint that does not read back
     for line in quant_eval.export(flags.FLAGS.workdir, flags.FLAGS.mode, flags.FLAGS.calibration_batches):
       print(json.dumps(line), flush=True)
-  except ConfigError as e:
-    fail(str(e))
-  except RunStopped as e:  # a checkpoint that does not read back
-    print(f'bigjax: stopped: {e}', file=sys.stderr, flush=True)
-    sys.exit(e.status)
 
 
 if __name__ == '__main__':
