@@ -217,6 +217,7 @@ def test_killing_one_process_stops_the_run_and_it_resumes_exactly(data_dir, tmp_
   assert _test_loss(workdir) == test_losses['2 processes x 4 devices']  # resumed to the last digit
 
 
+@pytest.mark.slow  # four launches, 40 s that CI cannot spare; CI resumes multi-process runs above
 def test_a_run_resumes_on_another_number_of_hosts(data_dir, tmp_path):
   """Moving a job to a slice of another size: saved by 2 processes, resumed by 1, saved by 1,
   resumed by 2. Each start resumes at the saved step (the data position is the step), nothing is

@@ -67,7 +67,8 @@ class Export:
     text = self.metadata.get('text')
     self.tokenizer = tokenizers.load(os.path.join(path, text['tokenizer'])) if text else None
     self._device_params = jax.device_put(self.params)
-    self._compiled = {}  # (batch, length) -> the compiled function of the inputs
+    self._compiled = {}  # (batch, length) -> the compiled function of (params, *inputs)
+    self._max_batch = 0  # warm's
 
   def call(self, *inputs):
     """The exported function on arrays shaped as metadata['inputs'] says (any batch, any length)."""
@@ -178,11 +179,17 @@ class Export:
     return [(b, n) for b in _batch_buckets(max_batch) for n in self._lengths()]
 
   def warm(self, max_batch: int) -> None:
-    """Compiles every bucket, so that no request waits for a compile."""
+    """Compiles every bucket, so that no request waits for a compile (run compiles on first use
+    what was not warmed)."""
+    self._max_batch = max_batch
     for batch, length in self.buckets(max_batch):
-      inputs = self._inputs([], batch, length)
-      compiled = jax.jit(self.exported.call).lower(self._device_params, *inputs).compile()
-      self._compiled[batch, length] = compiled
+      self._compile(batch, length)
+
+  def _compile(self, batch: int, length: int):
+    if (batch, length) not in self._compiled:
+      lowered = jax.jit(self.exported.call).lower(self._device_params, *self._inputs([], batch, length))
+      self._compiled[batch, length] = lowered.compile()
+    return self._compiled[batch, length]
 
   def _inputs(self, prepared: list, batch: int, length: int) -> list[np.ndarray]:
     """The exported function's inputs for these examples, padded to (batch, length)."""
@@ -212,12 +219,13 @@ class Export:
     return [tokens, valid, *rows.values()]
 
   def run(self, prepared: list[Prepared]) -> list[dict]:
-    """One call for all the examples, padded to the smallest warmed bucket that holds them."""
-    fits = [(b, n) for b, n in self._compiled if b >= len(prepared) and n >= max(p.length for p in prepared)]
-    if not fits:
-      raise ValueError(f'no warmed bucket holds {len(prepared)} examples: warm(max_batch) first')
-    batch, length = min(fits)
-    compiled = self._compiled[batch, length]
+    """One call for all the examples, padded to the smallest bucket that holds them."""
+    most = self._max_batch or 1 << (len(prepared) - 1).bit_length()
+    if len(prepared) > most:
+      raise ValueError(f'{len(prepared)} examples in one run; warm(max_batch) allows {most}')
+    batch = min(b for b in _batch_buckets(most) if b >= len(prepared))
+    length = min(n for n in self._lengths() if n >= max(p.length for p in prepared))
+    compiled = self._compile(batch, length)
     outputs = jax.device_get(compiled(self._device_params, *self._inputs(prepared, batch, length)))
     return [self._result(outputs, i, p) for i, p in enumerate(prepared)]
 
