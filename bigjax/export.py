@@ -1,7 +1,7 @@
 """A trained run as something another program can call: its inference function as StableHLO.
 
   python -m bigjax.export --workdir=RUN [--format=stablehlo|savedmodel|onnx] [--out=DIR]
-      [--max_new_tokens=64] [--platforms=cpu]
+      [--max_new_tokens=64] [--platforms=cpu,cuda,tpu]
 
 What is exported is what the read-only modes compute: a classifier's class probabilities
 (--mode=predict), a language model's continuation with per-row temperature / top-k / top-p / seed
@@ -213,9 +213,15 @@ def _restore(workdir: str):
 
 
 def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_new_tokens: int = 64,
-           platforms: tuple = ('cpu',)) -> str:
+           platforms: tuple = ()) -> str:
   """Exports the newest checkpoint of workdir to out (default workdir/export); returns the folder.
-  ConfigError for bad input, with nothing written."""
+  platforms: where it may run (jax.export's names; default: this machine's). ConfigError for bad input,
+  with nothing written."""
+  here = jax.export.default_export_platform()
+  platforms = tuple(platforms) or (here,)
+  if here not in platforms:
+    raise ConfigError(f'--platforms={",".join(platforms)} leaves out this machine\'s {here}, where the '
+                      f'export is checked against the checkpoint: add it')
   if fmt not in FORMATS:
     raise ConfigError(f'--format={fmt!r} is not one of {", ".join(FORMATS)}')
   if fmt == 'onnx':
@@ -250,8 +256,7 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
                                platforms=platforms)(
       [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat],
       *[jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in specs])
-  got = jax.export.deserialize(exported.serialize()).call(flat, *inputs) if 'cpu' in platforms else expected
-  diff = _max_diff(expected, got)
+  diff = _max_diff(expected, jax.export.deserialize(exported.serialize()).call(flat, *inputs))
   if not diff <= TOLERANCE:
     raise ConfigError(f'export refused: its outputs differ from the checkpoint\'s by {diff:.3g} '
                       f'(> {TOLERANCE}) on {len(inputs[0])} eval examples')
@@ -316,5 +321,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', None, 'Where to write the export (default WORKDIR/export).')
   flags.DEFINE_string('format', 'stablehlo', ' | '.join(FORMATS))
   flags.DEFINE_integer('max_new_tokens', 64, 'Language models: tokens each continuation may have.')
-  flags.DEFINE_string('platforms', 'cpu', 'Comma-separated: cpu, cuda, rocm, tpu (lowered here, run there).')
+  flags.DEFINE_string('platforms', '', 'Comma-separated: cpu, cuda, rocm, tpu (lowered here, run there); '
+                      'default: this machine\'s. It must be among them: the export is checked here.')
   app.run(main)

@@ -166,6 +166,8 @@ def test_an_export_that_differs_from_its_checkpoint_is_refused(runs, monkeypatch
   with pytest.raises(ConfigError, match='export refused'):
     export.export(workdir, str(tmp_path / 'refused'))
   assert not os.listdir(tmp_path)  # nothing written, not even the staging folder
+  with pytest.raises(ConfigError, match="leaves out this machine's cpu"):  # where it could not be checked
+    export.export(workdir, str(tmp_path / 'tpu'), platforms=('tpu',))
 
 
 def test_a_run_without_checkpoints_is_one_line_and_exit_2(tmp_path):
@@ -187,3 +189,12 @@ def test_a_quantized_folder_exports_its_integer_weights(runs, tmp_path):
   inputs = np.zeros((2, *model.metadata['inputs'][0]['shape'][1:]), np.float32)
   inputs[1] = 1.0
   assert 0 < np.abs(np.asarray(model.call(inputs)) - np.asarray(reference.call(inputs))).max() < 0.1
+
+
+@pytest.mark.slow  # lowering for two more platforms
+def test_an_export_lowered_for_gpus_and_tpus_still_runs_here(runs, tmp_path):
+  path = export.export(runs['cnn'][1], str(tmp_path / 'multi'), platforms=('cpu', 'cuda', 'tpu'))
+  model = load.load(path)
+  assert model.metadata['platforms'] == ['cpu', 'cuda', 'tpu'] == list(model.exported.platforms)
+  inputs = np.zeros((3, *model.metadata['inputs'][0]['shape'][1:]), np.float32)
+  np.testing.assert_allclose(model.call(inputs), load.load(runs['cnn'][2]).call(inputs), atol=1e-6)
