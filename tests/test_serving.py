@@ -257,6 +257,24 @@ def test_hostile_requests_get_4xx_and_harm_nobody(server):
   assert [(p['echo'], p['label']) for p in answer['predictions']] == [('abc', 'odd'), ('abcd', 'even')]
 
 
+def test_idle_connections_past_the_limit_get_503_and_leave_no_trace(server):
+  """uvicorn's limit_concurrency (4 x --max_queue = 256 here): clients that open connections and never
+  finish a request cannot use up the server's file descriptors."""
+  _, port = server
+  idle = [socket.create_connection(('127.0.0.1', port)) for _ in range(260)]
+  try:
+    for sock in idle:
+      sock.sendall(b'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"texts"')
+    time.sleep(0.3)
+    assert call(port, 'POST', '/v1/predict', {'texts': ['x']})[0] == 503
+  finally:
+    for sock in idle:
+      sock.close()
+  time.sleep(0.3)
+  status, answer, _ = call(port, 'POST', '/v1/predict', {'texts': ['x']})
+  assert status == 200 and answer['predictions'][0]['echo'] == 'x'
+
+
 def test_error_bodies_are_one_line_of_json(server):
   _, port = server
   for body, status, words in [(b'{"texts": [', 400, 'malformed JSON'), ({'texts': [1]}, 422, 'texts.0'),

@@ -398,8 +398,11 @@ def serve(exp, host: str = '127.0.0.1', port: int = 8000, settings: Settings = S
   print(f'bigjax.serve: {describe or exp.task} ready in {time.perf_counter() - start:.1f} s, batches of '
         f'up to {settings.max_batch}{f" (buckets {buckets})" if buckets else ""}, at '
         f'http://{address}:{sock.getsockname()[1]}/', file=sys.stderr, flush=True)
+  # Past limit_concurrency open connections uvicorn answers 503 itself: idle or slow clients cannot use up
+  # the process's file descriptors.
   config = uvicorn.Config(create_app(exp, settings), log_level='warning', access_log=False,
-                          timeout_graceful_shutdown=int(settings.timeout_s) + 5)
+                          timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+                          limit_concurrency=max(64, 4 * settings.max_queue))
   # uvicorn re-raises the signal it handled once it has drained; the server has stopped cleanly by then,
   # and the process should exit 0, not die of the signal's default action.
   for sig in (signal.SIGTERM, signal.SIGINT):
