@@ -225,8 +225,8 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
   if fmt not in FORMATS:
     raise ConfigError(f'--format={fmt!r} is not one of {", ".join(FORMATS)}')
   if fmt == 'onnx':
-    raise ConfigError('--format=onnx: jax2onnx does not install beside orbax-checkpoint 0.12 '
-                      '(docs/deploy.md says why and what to use instead)')
+    raise ConfigError('--format=onnx: no jax2onnx release both installs beside orbax-checkpoint 0.12 and '
+                      'converts a jax.export artifact (docs/serving.md says why, and what to use instead)')
   out = out or os.path.join(workdir, 'export')
   if fmt == 'savedmodel':
     from bigjax import export_tf  # noqa: PLC0415 (TensorFlow only for this format)
