@@ -35,6 +35,7 @@ from bigjax import config as config_lib
 from bigjax import data, decode, evaluate, quant_eval, sharding, train
 from bigjax.config import ConfigError
 from bigjax.data import pipeline, tokenizers
+from bigjax.serving import load
 
 FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 TOLERANCE = 1e-5
@@ -164,7 +165,7 @@ def _max_prompt(config, max_new_tokens: int) -> int:
 
 def _metadata(s, config, task_kind, *, step, inputs, outputs, check, params, max_new_tokens) -> dict:
   spec = data.DATASETS[config.data.name]
-  meta = {'format': 'bigjax-stablehlo-1', 'task': task_kind, 'bigjax_version': bigjax.__version__,
+  meta = {'format': load.FORMAT, 'task': task_kind, 'bigjax_version': bigjax.__version__,
           'jax_version': jax.__version__, 'step': int(step), 'model': config.model.name,
           'data': config.data.name, 'inputs': inputs, 'outputs': outputs, 'check': check,
           'params': {'arrays': len(params), 'values': int(sum(p.size for p in params)),

@@ -25,6 +25,7 @@ import numpy as np
 
 from bigjax.data import images, tokenizers
 
+FORMAT = 'bigjax-stablehlo-1'  # export.py writes it; a later layout changes the number
 TASKS = ('classify', 'sample', 'generate', 'transcribe')
 AUDIO_SECONDS = (2, 4, 8, 16)  # audio length buckets; longer clips are refused
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -55,9 +56,10 @@ class Export:
   def __init__(self, path: str):
     with open(os.path.join(path, 'metadata.json')) as f:
       self.metadata = json.load(f)
-    self.task = self.metadata['task']
-    if self.task not in TASKS:
-      raise ValueError(f'{path}: unknown task {self.task!r} (bigjax {self.metadata.get("bigjax_version")})')
+    self.task = self.metadata.get('task')
+    if self.metadata.get('format') != FORMAT or self.task not in TASKS:
+      raise ValueError(f'{path} is a {self.metadata.get("format")!r} export of task {self.task!r} (bigjax '
+                       f'{self.metadata.get("bigjax_version")}); this bigjax reads {FORMAT}: export it again')
     with open(os.path.join(path, 'function.stablehlo'), 'rb') as f:
       self.exported = jax.export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, 'params.npz'), allow_pickle=False) as arrays:
