@@ -28,6 +28,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 
 import bigjax
@@ -257,7 +258,10 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
                                platforms=platforms)(
       [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat],
       *[jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in specs])
-  diff = _max_diff(expected, jax.export.deserialize(exported.serialize()).call(flat, *inputs))
+  function = exported.serialize()
+  logging.info('Exported %s (step %d) for %s; checking it against the checkpoint on %d eval examples.',
+               task_kind, step, ','.join(platforms), len(inputs[0]))
+  diff = _max_diff(expected, jax.export.deserialize(function).call(flat, *inputs))
   if not diff <= TOLERANCE:
     raise ConfigError(f'export refused: its outputs differ from the checkpoint\'s by {diff:.3g} '
                       f'(> {TOLERANCE}) on {len(inputs[0])} eval examples')
@@ -267,7 +271,8 @@ def export(workdir: str, out: str | None = None, fmt: str = 'stablehlo', *, max_
   meta = _metadata(s, config, task_kind, step=step, inputs=[_spec(*x) for x in specs], outputs=outputs,
                    check=check, params=params, max_new_tokens=max_new_tokens)
   meta.update(platforms=list(platforms), quantized=quantized)
-  _write(out, exported.serialize(), params, meta, s.dataset.tokenizer)
+  _write(out, function, params, meta, s.dataset.tokenizer)
+  logging.info('Wrote %s: max abs difference %.3g from the checkpoint.', out, diff)
   return out
 
 

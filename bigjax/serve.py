@@ -54,6 +54,8 @@ def export_folder() -> str:
     raise ConfigError('give one of --export=DIR (an export folder) or --workdir=RUN (a training run)')
   path = _EXPORT.value or os.path.join(_WORKDIR.value, 'export')
   if os.path.exists(os.path.join(path, 'metadata.json')):
+    if _WORKDIR.value is not None:
+      _warn_if_stale(path, _WORKDIR.value)
     return path
   if _EXPORT.value is not None:
     raise ConfigError(f'--export={path} holds no export (no metadata.json): make one with '
@@ -64,6 +66,19 @@ def export_folder() -> str:
   print(f'bigjax.serve: {path} holds no export; exporting {_WORKDIR.value} there first', file=sys.stderr,
         flush=True)
   return export.export(workdir=_WORKDIR.value, out=path)
+
+
+def _warn_if_stale(path: str, workdir: str) -> None:
+  """One line on stderr when the run has trained past its export: the server still serves the export."""
+  import json  # noqa: PLC0415
+  with open(os.path.join(path, 'metadata.json')) as f:
+    exported = json.load(f).get('step')
+  steps = [int(name) for name in os.listdir(os.path.join(workdir, 'checkpoints')) if name.isdigit()] \
+      if os.path.isdir(os.path.join(workdir, 'checkpoints')) else []
+  if steps and exported is not None and max(steps) > exported:
+    print(f'bigjax.serve: warning: {path} is step {exported}; {workdir} has trained to step {max(steps)}. '
+          f'Serving step {exported}: run python -m bigjax.export --workdir={workdir} for the newest',
+          file=sys.stderr, flush=True)
 
 
 def main(argv):

@@ -179,13 +179,15 @@ def servers(tmp_path_factory):
   started = {
       'shared': start_server(folder / 'shared.log', delay=0.02, max_batch=8, max_queue=64, timeout_s=2,
                              max_body_bytes=LIMIT),
-      'draining': start_server(folder / 'draining.log', delay=0.4, max_batch=4)}
+      'draining': start_server(folder / 'draining.log', delay=0.4, max_batch=4),
+      # 4 x max_queue = 64 connections at most, and a timeout that outlasts a busy machine's slowness
+      'limited': start_server(folder / 'limited.log', max_batch=4, max_queue=16, timeout_s=60)}
   try:
     yield {name: (proc, wait_ready(proc, log)) for name, (proc, log) in started.items()}
   finally:
     statuses = {name: stop(proc) if proc.poll() is None else proc.returncode for name, (proc, _) in
                 started.items()}
-  assert statuses == {'shared': 0, 'draining': 0}
+  assert statuses == {'shared': 0, 'draining': 0, 'limited': 0}
 
 
 @pytest.fixture
@@ -257,22 +259,32 @@ def test_hostile_requests_get_4xx_and_harm_nobody(server):
   assert [(p['echo'], p['label']) for p in answer['predictions']] == [('abc', 'odd'), ('abcd', 'even')]
 
 
-def test_idle_connections_past_the_limit_get_503_and_leave_no_trace(server):
-  """uvicorn's limit_concurrency (4 x --max_queue = 256 here): clients that open connections and never
+def test_idle_connections_past_the_limit_get_503_and_leave_no_trace(servers):
+  """uvicorn's limit_concurrency (4 x --max_queue = 64 here): clients that open connections and never
   finish a request cannot use up the server's file descriptors."""
-  _, port = server
-  idle = [socket.create_connection(('127.0.0.1', port)) for _ in range(260)]
+  _, port = servers['limited']
+  idle = [socket.create_connection(('127.0.0.1', port)) for _ in range(70)]
   try:
     for sock in idle:
       sock.sendall(b'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"texts"')
-    time.sleep(0.3)
-    assert call(port, 'POST', '/v1/predict', {'texts': ['x']})[0] == 503
+    # The server reads the sockets as it gets to them: a busy machine may take a moment.
+    assert _status_within(port, 503, seconds=10)
   finally:
     for sock in idle:
       sock.close()
-  time.sleep(0.3)
+  assert _status_within(port, 200, seconds=10)
   status, answer, _ = call(port, 'POST', '/v1/predict', {'texts': ['x']})
   assert status == 200 and answer['predictions'][0]['echo'] == 'x'
+
+
+def _status_within(port, status: int, seconds: float) -> bool:
+  """Whether a valid request gets `status` within `seconds` (asked every 0.1 s)."""
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    if call(port, 'POST', '/v1/predict', {'texts': ['x']})[0] == status:
+      return True
+    time.sleep(0.1)
+  return False
 
 
 def test_error_bodies_are_one_line_of_json(server):

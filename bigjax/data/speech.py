@@ -29,6 +29,18 @@ SAMPLE_RATE = 16000
 _NOT_SPOKEN = re.compile(r"[^a-z' ]+")
 
 
+BLANK = 0  # CTC's blank: the pad id, which no transcript contains
+
+
+def best_path(ids, length: int) -> list[int]:
+  """A frame-wise argmax's first `length` frames, repeats merged and blanks dropped: CTC's greedy
+  decoding (the task's, and a served export's, which may not import the task)."""
+  ids = np.asarray(ids[:length])
+  keep = np.ones(len(ids), bool)
+  keep[1:] = ids[1:] != ids[:-1]
+  return [int(i) for i in ids[keep] if i != BLANK]
+
+
 def normalize_text(text) -> str:
   """Lowercase letters, apostrophes and single spaces: what a transcript spells."""
   text = text.decode('utf-8', errors='replace') if isinstance(text, bytes) else str(text)

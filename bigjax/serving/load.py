@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigjax.data import images, tokenizers
+from bigjax.data import images, pairs, speech, tokenizers
 
 FORMAT = 'bigjax-stablehlo-1'  # export.py writes it; a later layout changes the number
 TASKS = ('classify', 'sample', 'generate', 'transcribe')
@@ -239,17 +239,9 @@ class Export:
               'probabilities': {name: round(float(q), 6) for name, q in zip(labels, probabilities)}}
     if self.task == 'transcribe':
       frame_ids, frames = outputs
-      path = [int(t) for t in frame_ids[i, :frames[i]]]
-      blank = self.metadata['audio']['blank_id']  # best path: repeats merged, blanks dropped
-      ids = [t for j, t in enumerate(path) if t != blank and (j == 0 or t != path[j - 1])]
-      return {'transcript': self.tokenizer.decode(ids)}
-    ids = [int(t) for t in outputs[i]]
-    if self.task == 'sample':
-      ids = ids[:p.options['max_new_tokens']]
-    for stop in (self.tokenizer.eos_id, self.tokenizer.pad_id):  # a document (or an output) ended
-      if stop in ids:
-        ids = ids[:ids.index(stop)]
-    return {'output': self.tokenizer.decode(ids)}
+      return {'transcript': self.tokenizer.decode(speech.best_path(frame_ids[i], int(frames[i])))}
+    ids = outputs[i][:p.options['max_new_tokens']] if self.task == 'sample' else outputs[i]
+    return {'output': pairs.text_of(self.tokenizer, ids)}  # up to EOS: a document (or an output) ended
 
 
 def load(path: str) -> Export:

@@ -20,8 +20,8 @@ import optax
 
 from bigjax import metrics
 from bigjax.config import ConfigError, check
+from bigjax.data.speech import BLANK, best_path  # noqa: F401 (ctc.best_path: the greedy decoding)
 
-BLANK = 0
 FIELDS = ('beam_size', 'eval_generate_examples')
 
 
@@ -32,14 +32,6 @@ def check_config(task_config) -> None:
   check(task_config.beam_size >= 1, 'task.beam_size', task_config.beam_size, 'use 1 (greedy) or more')
   check(task_config.eval_generate_examples >= 0, 'task.eval_generate_examples',
         task_config.eval_generate_examples, 'use 0 (all) or a number of utterances')
-
-
-def best_path(ids, length: int) -> list[int]:
-  """A frame-wise argmax's first `length` frames, repeats merged and blanks dropped."""
-  ids = np.asarray(ids[:length])
-  keep = np.ones(len(ids), bool)
-  keep[1:] = ids[1:] != ids[:-1]
-  return [int(i) for i in ids[keep] if i != BLANK]
 
 
 def prefix_beam_search(log_probs, length: int, width: int) -> list[int]:
