@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
       'teacher': '',
       'alpha': 0.5,
       'temperature': 2.0,
+      # True: the teacher runs as in training, with the student's random keys, so noise a model puts
+      # on its own input (word dropout) drops the same words for both: the teacher's targets are for
+      # the input the student sees (Beyer et al., 2022, "consistent" teaching). Its dropout is on too.
+      'teacher_noise': False,
   })
   # Quantization-aware training (qwix fake quantization, bigjax/quantize.py): '' (off) | int8 |
   # int8_weights | int4_weights. Export with python -m bigjax.quantize, as for a float run.

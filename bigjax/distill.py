@@ -125,15 +125,21 @@ def kl_loss(student_logits, teacher_logits, weights, temperature: float):
 
 
 def objective(task, t: Teacher | None, distill_config):
-  """(outputs, batch, frozen) -> (loss, metrics): the task's loss, blended with the teacher's."""
+  """(outputs, batch, frozen, rngs) -> (loss, metrics): the task's loss, blended with the teacher's;
+  rngs are the student's forward pass's keys."""
   if t is None:
-    return lambda outputs, batch, frozen: task.loss(outputs, batch)
-  alpha, temperature = distill_config.alpha, distill_config.temperature
+    return lambda outputs, batch, frozen, rngs: task.loss(outputs, batch)
+  alpha, temperature, noise = distill_config.alpha, distill_config.temperature, distill_config.teacher_noise
 
-  def loss(outputs, batch, frozen):
+  def loss(outputs, batch, frozen, rngs):
     task_loss, metrics = task.loss(outputs, batch)
     variables = {'params': frozen['params'], **frozen['model_state']}
-    taught = t.model.apply(variables, **task.model_inputs(batch), train=False)
+    inputs = task.model_inputs(batch)
+    if noise:  # training mode: its statistics' updates (BatchNorm) are dropped, it stays frozen
+      taught, _ = t.model.apply(variables, **inputs, train=True, rngs=rngs,
+                                mutable=list(frozen['model_state']))
+    else:
+      taught = t.model.apply(variables, **inputs, train=False)
     student_logits, weights = task.distill_logits(outputs, batch)
     teacher_logits, _ = task.distill_logits(jax.lax.stop_gradient(taught), batch)
     soft = kl_loss(student_logits, teacher_logits, weights, temperature)

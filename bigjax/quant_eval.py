@@ -5,13 +5,15 @@ which layers are quantized and how).
   python -m bigjax.main --mode=eval --workdir=RUN/quantized/int8
 
 RUN/quantized/<mode>/ holds what it takes to evaluate the quantized model with no other file:
-  params/          the quantized params and the float model state (BatchNorm statistics), Orbax
+  params/          the quantized params and the float model state (BatchNorm statistics), with Orbax,
+                   as one flat array per dtype (int8 or int4 values, float32 scales, biases and
+                   norms) in the tree's flatten order: the model's config rebuilds the tree
   config.json      the float run's config
   tokenizer        the run's tokenizer, if it reads text
   quantized.json   mode, calibration_batches, the source step, sizes on disk, the float metrics
 It is written into a hidden folder beside it and renamed into place, so a failed export leaves nothing
 half-written; exporting again replaces it. The sizes are the bytes on disk of the quantized params and
-model state, and of the float ones written by the same Orbax writer; a float table (an embedding)
+model state, and of the float ones written by the same writer; a float table (an embedding)
 counts at 4 bytes a number.
 """
 
@@ -36,7 +38,8 @@ from bigjax.data import pipeline
 SPLITS = ('eval', 'test')
 PARAMS_DIR = 'params'
 INFO = 'quantized.json'
-ROUNDS = 5  # timed passes of each split per model
+ROUNDS = 5  # timed passes of the eval split per model
+TIMED = 'eval'
 
 
 def abstract_variables(s: train.Setup, model):
@@ -93,11 +96,31 @@ def quantize_state(s: train.Setup, config, state, mode: str, calibration_batches
   return _with_shardings(qs, qstate), qstate, stored
 
 
+def _bundle(tree) -> dict:
+  """The tree's arrays as one flat array per dtype, in flatten order. Orbax writes a few hundred bytes
+  of metadata per array: per leaf, that was a quarter of a small model's int4 folder."""
+  groups = {}
+  for x in jax.tree.leaves(tree):
+    groups.setdefault(jnp.dtype(x.dtype).name, []).append(jnp.ravel(x))
+  return {name: jnp.concatenate(parts) for name, parts in groups.items()}
+
+
+def _unbundle(bundle: dict, like):
+  """_bundle's inverse: `like` is the tree of ShapeDtypeStructs it was made from."""
+  leaves, treedef = jax.tree.flatten(like)
+  offsets, out = {}, []
+  for leaf in leaves:
+    name, start = jnp.dtype(leaf.dtype).name, offsets.get(jnp.dtype(leaf.dtype).name, 0)
+    out.append(bundle[name][start:start + leaf.size].reshape(leaf.shape))
+    offsets[name] = start + leaf.size
+  return jax.tree.unflatten(treedef, out)
+
+
 def save(path: str, params, model_state) -> dict:
-  """Writes the params and model state with Orbax; returns {'size_bytes': all its files, on disk;
-  'array_bytes': the arrays' data files alone, without Orbax's few KB of metadata}."""
+  """Writes the params and model state with Orbax, one array per dtype (_bundle); returns
+  {'size_bytes': all its files, on disk; 'array_bytes': the arrays' data files alone}."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), {'params': params, 'model_state': model_state})
+  checkpointer.save(os.path.abspath(path), _bundle({'params': params, 'model_state': model_state}))
   checkpointer.wait_until_finished()
   checkpointer.close()
   sizes = [(os.path.basename(root), os.path.getsize(os.path.join(root, name)))
@@ -117,11 +140,12 @@ def restore(path: str, qs: train.Setup, abstract, model_state_like, mode: str):
   """The quantized state saved by `save`, read into replicated arrays and unpacked."""
   replicated = sharding.replicated(qs.mesh)
   stored = jax.eval_shape(lambda p: quantize.pack(p, mode), nn.meta.unbox(abstract))
+  like = {'params': stored, 'model_state': nn.meta.unbox(model_state_like)}
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                        {'params': stored, 'model_state': nn.meta.unbox(model_state_like)})
+                        jax.eval_shape(_bundle, like))
   checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = checkpointer.restore(os.path.abspath(path), target)
+    restored = _unbundle(checkpointer.restore(os.path.abspath(path), target), like)
   finally:
     checkpointer.close()
   return {'params': quantize.unpack(restored['params']), 'model_state': restored['model_state']}
@@ -132,10 +156,11 @@ def scalars(metrics: dict) -> dict:
           for k, v in metrics.items() if k != 'examples' and np.ndim(v) == 0}
 
 
-def measure(models: list) -> list[dict]:
-  """For each (setup, config, state): split -> (scalar metrics, examples per second). Each split is
-  evaluated once per model (which compiles), then timed in rounds that alternate between the models,
-  so a busy machine slows them alike; each model's median round counts."""
+def measure(models: list, rounds: int = ROUNDS) -> list[dict]:
+  """For each (setup, config, state): split -> (scalar metrics, eval examples per second or None).
+  Each split is evaluated once per model (which compiles); the eval split is then timed in rounds
+  that alternate between the models, so a busy machine slows them alike, and each model's median
+  round counts. The test split is not timed: a generating task decodes all of it, which takes minutes."""
   runs = [(s, evaluate.make_evaluate(s, config), state) for s, config, state in models]
   out = [{} for _ in runs]
   for split in SPLITS:
@@ -144,14 +169,15 @@ def measure(models: list) -> list[dict]:
       with sharding.active(s.mesh, s.rules):
         metrics.append(scalars(evaluate_split(state, split)))
     times = [[] for _ in runs]
-    for _ in range(ROUNDS):
+    for _ in range(rounds if split == TIMED else 0):
       for (s, evaluate_split, state), seconds in zip(runs, times):
         with sharding.active(s.mesh, s.rules):
           begin = time.perf_counter()
           evaluate_split(state, split)
           seconds.append(time.perf_counter() - begin)
     for i, (s, _, _) in enumerate(runs):
-      out[i][split] = (metrics[i], len(s.dataset.splits[split]) / float(np.median(times[i])))
+      speed = len(s.dataset.splits[split]) / float(np.median(times[i])) if times[i] else None
+      out[i][split] = (metrics[i], speed)
   return out
 
 
@@ -162,44 +188,63 @@ def _copy_run_files(workdir: str, target: str) -> None:
     shutil.copy2(tokenizer, train.tokenizer_path(target))
 
 
-def export(workdir: str, mode: str, calibration_batches: int = 0) -> list[dict]:
-  """Quantizes the newest checkpoint of the run in workdir into workdir/quantized/<mode>, evaluates
-  it and the float model on eval and test, and returns one line (a dict) per split."""
-  if mode not in quantize.MODES:
-    raise ConfigError(f'--mode={mode!r} is invalid: choose one of {", ".join(quantize.MODES)}')
-  if calibration_batches < 0 or (calibration_batches and mode != 'int8'):
+def export(workdir: str, modes, calibration_batches: int = 0, rounds: int = ROUNDS) -> list[dict]:
+  """Quantizes the newest checkpoint of the run in workdir into workdir/quantized/<mode> for each of
+  `modes` (one, or a list), evaluates them and the float model (once) on eval and test, and returns
+  one line (a dict) per mode and split. calibration_batches: int8's static activation scales."""
+  modes = [modes] if isinstance(modes, str) else list(modes)
+  for mode in modes:
+    if mode not in quantize.MODES:
+      raise ConfigError(f'--mode={mode!r} is invalid: choose one or more of {", ".join(quantize.MODES)}')
+  if len(set(modes)) != len(modes) or not modes:
+    raise ConfigError(f'--mode={",".join(modes)!r} is invalid: name each mode once')
+  if calibration_batches < 0 or (calibration_batches and 'int8' not in modes):
     raise ConfigError(f'--calibration_batches={calibration_batches} is invalid: use 0 (dynamic-range), or '
                       '> 0 with --mode=int8 (weight-only modes quantize no activations)')
+  if rounds < 1:
+    raise ConfigError(f'--rounds={rounds} is invalid: time the eval split at least once')
   config = from_workdir(workdir)
   if not (files.path(workdir) / 'checkpoints').is_dir():
     raise ConfigError(f'no checkpoints in {workdir}/checkpoints: train first, or pass the --workdir of a run')
   s = train.setup(config, workdir)
   with sharding.active(s.mesh, s.rules):
     state, step = train.restore_newest(s, config, workdir)
-  qs, qstate, stored = quantize_state(s, config, state, mode, calibration_batches)
-  final = os.path.join(workdir, 'quantized', mode)
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.{mode}.', dir=os.path.dirname(final))
-  os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's is private
+  os.makedirs(os.path.join(workdir, 'quantized'), exist_ok=True)
+  staged, float_size = {}, None
   try:
-    size = save(os.path.join(staging, PARAMS_DIR), stored, qstate.model_state)
-    with tempfile.TemporaryDirectory(dir=staging) as scratch:
-      float_size = save(os.path.join(scratch, PARAMS_DIR), state.params, state.model_state)
-    float_metrics, quant_metrics = measure([(s, config, state), (qs, config, qstate)])
-    sizes = _sizes(size, float_size)
-    info = {'mode': mode, 'calibration_batches': calibration_batches, 'step': step, **sizes,
-            'float': {split: float_metrics[split][0] for split in SPLITS}}
-    _copy_run_files(workdir, staging)
-    files.write_text(os.path.join(staging, INFO), json.dumps(info, indent=2, sort_keys=True) + '\n')
-    _replace_folder(staging, final)
-    logging.info('Wrote %s: step %d, %d bytes, %.3f of float32.', final, step, size['size_bytes'],
-                 sizes['size_ratio'])
+    for mode in modes:
+      calibration = calibration_batches if mode == 'int8' else 0
+      qs, qstate, stored = quantize_state(s, config, state, mode, calibration)
+      staging = tempfile.mkdtemp(prefix=f'.{mode}.', dir=os.path.join(workdir, 'quantized'))
+      os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's is private
+      staged[mode] = (staging, qs, qstate, calibration, save(os.path.join(staging, PARAMS_DIR), stored,
+                                                              qstate.model_state))
+      if float_size is None:
+        with tempfile.TemporaryDirectory(dir=staging) as scratch:
+          float_size = save(os.path.join(scratch, PARAMS_DIR), state.params, state.model_state)
+    quantized = [(qs, config, qstate) for _, qs, qstate, _, _ in staged.values()]
+    results = measure([(s, config, state), *quantized], rounds)
+    lines = []
+    for mode, (staging, _, _, calibration, size), quant in zip(modes, staged.values(), results[1:]):
+      sizes = _sizes(size, float_size)
+      info = {'mode': mode, 'calibration_batches': calibration, 'step': step, **sizes,
+              'float': {split: results[0][split][0] for split in SPLITS}}
+      _copy_run_files(workdir, staging)
+      files.write_text(os.path.join(staging, INFO), json.dumps(info, indent=2, sort_keys=True) + '\n')
+      final = os.path.join(workdir, 'quantized', mode)
+      _replace_folder(staging, final)
+      logging.info('Wrote %s: step %d, %d bytes, %.3f of float32.', final, step, size['size_bytes'],
+                   sizes['size_ratio'])
+      for split in SPLITS:
+        speed = {} if split != TIMED else {'examples_per_s': quant[split][1],
+                                           'float_examples_per_s': results[0][split][1]}
+        lines.append({'split': split, 'mode': mode, 'step': step, **quant[split][0],
+                      'float': results[0][split][0], **sizes, **speed})
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    for staging, *_ in staged.values():
+      shutil.rmtree(staging, ignore_errors=True)
     raise
-  return [{'split': split, 'mode': mode, 'step': step, **quant_metrics[split][0],
-           'float': float_metrics[split][0], **sizes, 'examples_per_s': quant_metrics[split][1],
-           'float_examples_per_s': float_metrics[split][1]} for split in SPLITS]
+  return lines
 
 
 def _replace_folder(new: str, final: str) -> None:

@@ -2,6 +2,7 @@
 
   python -m bigjax.main --config=experiments/digits_cnn.py --config.quant.mode=int8   # QAT
   python -m bigjax.quantize --workdir=RUN --mode=int8|int8_weights|int4_weights [--calibration_batches=N]
+  python -m bigjax.quantize --workdir=RUN --mode=int8,int8_weights,int4_weights   # float evaluated once
   python -m bigjax.main --mode=eval --workdir=RUN/quantized/int8
 
 Modes (MODES: the qwix rules of each, shared by QAT and PTQ):
@@ -147,9 +148,11 @@ def unpack(params):
 def _define_flags() -> None:
   from absl import flags  # noqa: PLC0415 (only when run as a program: bigjax.main has --mode too)
   flags.DEFINE_string('workdir', None, 'A trained run\'s folder; writes WORKDIR/quantized/MODE.')
-  flags.DEFINE_string('mode', 'int8', 'int8 | int8_weights | int4_weights.')
+  flags.DEFINE_list('mode', ['int8'], 'int8 | int8_weights | int4_weights, or several, comma-separated: '
+                    'the float model is then evaluated once for all.')
   flags.DEFINE_integer('calibration_batches', 0, '--mode=int8: static activation scales from this many '
                        'train batches; 0: dynamic-range (a scale per call).')
+  flags.DEFINE_integer('rounds', 5, 'Timed passes over the eval split per model (the median counts).')
 
 
 def _parse_flags(argv):
@@ -187,7 +190,8 @@ def main(argv) -> None:
   if not flags.FLAGS.workdir:
     fail('--workdir=RUN is required: the folder of a trained run')
   with one_line_exits():  # RunStopped: a checkpoint that does not read back
-    for line in quant_eval.export(flags.FLAGS.workdir, flags.FLAGS.mode, flags.FLAGS.calibration_batches):
+    for line in quant_eval.export(flags.FLAGS.workdir, flags.FLAGS.mode, flags.FLAGS.calibration_batches,
+                                 flags.FLAGS.rounds):
       print(json.dumps(line), flush=True)
 
 

@@ -171,7 +171,7 @@ def _jit_train_step(s: Setup, config, compiler_options=None):
       outputs, new_model_state = s.model.apply(
           {'params': params, **model_state}, **s.task.model_inputs(batch), train=True,
           rngs=rngs, mutable=list(model_state))
-      loss, metrics = objective(outputs, batch, frozen)
+      loss, metrics = objective(outputs, batch, frozen, rngs)
       return loss, (metrics, dict(new_model_state))
     grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, metrics, new_model_state

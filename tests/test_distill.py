@@ -12,6 +12,7 @@ import pytest
 
 from bigjax import checkpoint, distill, sharding, tasks, train
 from bigjax.config import ConfigError, base_config, config_changes
+from bigjax.models.lstm import LSTMClassifier
 from bigjax.models.mlp import MLP
 from helpers import assert_resumed, final_state, overridden, read_metrics, run_main
 
@@ -70,13 +71,33 @@ def test_alpha_zero_gives_the_task_losss_gradient():
   t = distill.Teacher(teacher, None, '', 0)
 
   def grad(objective):
-    return jax.grad(lambda p: objective(student.apply({'params': p}, x), batch, frozen)[0])(params)
-  plain = grad(lambda outputs, batch, frozen: task.loss(outputs, batch))
+    return jax.grad(lambda p: objective(student.apply({'params': p}, x), batch, frozen, {})[0])(params)
+  plain = grad(lambda outputs, batch, frozen, rngs: task.loss(outputs, batch))
   for alpha, same in ((0.0, True), (0.5, False)):
     config = overridden(base_config(), distill__alpha=alpha, distill__temperature=2.0).distill
     got = grad(distill.objective(task, t, config))
     equal = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(plain), strict=True)]
     assert all(equal) if same else not any(equal), (alpha, equal)
+
+
+def test_a_noisy_teacher_drops_the_same_words_as_its_student():
+  """teacher_noise: a teacher that is the student itself, seeing the student's word dropout, agrees
+  with it exactly (KL 0); without it, the teacher reads every word and disagrees."""
+  task = tasks.build(overridden(base_config(), task__name='classification').task, _Dataset())
+  model = LSTMClassifier(num_outputs=10, vocab_size=50, embed_dim=8, hidden=8, word_dropout=0.5,
+                         dropout=0.3, pooling='max', cpu_kernel=False)
+  tokens = jax.random.randint(jax.random.key(0), (4, 12), 1, 50)
+  batch = {'inputs': tokens, 'label': jnp.arange(4)}
+  params = model.init(jax.random.key(1), tokens)['params']
+  rngs = {'dropout': jax.random.key(2)}
+  outputs = model.apply({'params': params}, tokens, train=True, rngs=rngs)
+  frozen = {'params': params, 'model_state': {}}
+  t = distill.Teacher(model, None, '', 0)
+  soft = {}
+  for noise in (True, False):
+    config = overridden(base_config(), distill__teacher_noise=noise).distill
+    soft[noise] = float(distill.objective(task, t, config)(outputs, batch, frozen, rngs)[1]['distill_loss'])
+  assert soft[True] == pytest.approx(0.0, abs=1e-6) and soft[False] > 1e-3, soft
 
 
 @pytest.mark.slow
