@@ -291,6 +291,7 @@ def test_argmax_equals_is_argmax_with_ties_on_cpu():
   np.testing.assert_array_equal(jax.jit(argmax_equals)(logits, labels), logits.argmax(-1) == labels)
 
 
+@pytest.mark.slow  # the MFU figure's formula, not a result: 13 s of CI
 def test_model_flops_match_xlas_count_of_a_train_step():
   """The encoder-decoder's FLOPs formula (MFU, and the TPU dry run's roofline) against XLA's count of
   forward and backward, unscanned; XLA counts the elementwise work too, a few percent more."""

@@ -292,6 +292,7 @@ def test_the_kernel_gives_the_same_bits_while_threads_trade_rows():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
 
 
+@pytest.mark.slow  # a benchmark's harness, not what users run: 28 s of CI
 def test_the_kernel_ab_benchmark_tells_a_numerical_change_from_the_same_code(tmp_path):
   """benchmarks/lstm_kernel_ab.py: a copy of lstm_cpu.cc gives ref's bits, one whose tanh rounds
   once more does not, and each gets its timings and ratios."""
