@@ -145,6 +145,9 @@ def restore(path: str, qs: train.Setup, abstract, model_state_like, mode: str):
                         jax.eval_shape(_bundle, like))
   checkpointer = ocp.StandardCheckpointer()
   try:
+    if 'params' in checkpointer.metadata(os.path.abspath(path)).item_metadata.tree:  # one array per leaf
+      raise ConfigError(f'{path} was written by an older bigjax, an array per leaf: quantize the run again '
+                        '(python -m bigjax.quantize)')
     restored = _unbundle(checkpointer.restore(os.path.abspath(path), target), like)
   finally:
     checkpointer.close()
