@@ -120,7 +120,8 @@ class Bigjax:
     self.s = train.setup(config)
     with self.active():
       self.state = self.s.init()
-      _, self.step = train.compile_train_step(self.s, config)
+      _, compiled = train.compile_train_step(self.s, config)
+      self.step = lambda state, batch: compiled(state, batch, self.s.frozen)
     self.compile_s = time.perf_counter() - start
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
 

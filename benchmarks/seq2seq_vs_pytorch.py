@@ -172,7 +172,8 @@ class Bigjax:
     self.s = train.setup(config, dataset=dataset)
     with self.active():
       self.state = self.s.init()
-      _, self.step = train.compile_train_step(self.s, config)
+      _, compiled = train.compile_train_step(self.s, config)
+      self.step = lambda state, batch: compiled(state, batch, self.s.frozen)
     self.compile_s = time.perf_counter() - start
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     self.batch_keys = set(train._example_batch(self.s.dataset))

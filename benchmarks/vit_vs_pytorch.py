@@ -13,7 +13,7 @@ Both sides train on the same random images and labels:
   A  bigjax: train.setup + train.compile_train_step from that config, the executable that
      `python -m bigjax.main` runs for it (its step also computes accuracy and grad norm).
      model.scan_layers and train.cpu_matmul are the flags' (by default unrolled layers, as lm_gpt.py's
-     CPU-sized configs have them, and XLA's own matmuls, the experiment's).
+     CPU-sized configs have them, and the experiment's oneDNN matmuls).
   B  PyTorch, eager: the same model written out below as timm writes a ViT (a Conv2d patch
      embedding, one qkv Linear, F.scaled_dot_product_attention), torch.optim.AdamW.
   C  (--compile) B under torch.compile.
@@ -64,9 +64,9 @@ def parse_args(argv=None):
                       help='timed train steps per contender per round')
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
                       help='intra-op threads for both XLA and PyTorch (default: all cores)')
-  parser.add_argument('--cpu_matmul', default='xla', choices=('xla', 'onednn'),
-                      help="bigjax's train.cpu_matmul: XLA's own matmuls, or oneDNN's (which compute this "
-                           'step wrongly in this XLA: the warmup check stops the run)')
+  parser.add_argument('--cpu_matmul', default=None, choices=('xla', 'onednn'),
+                      help="bigjax's train.cpu_matmul (default: the experiment's, oneDNN's): XLA's own "
+                           "matmuls, or oneDNN's")
   parser.add_argument('--scan_layers', type=int, default=0, choices=(0, 1),
                       help="bigjax's model.scan_layers: 0 unrolls the layers (faster on CPU; lm_gpt's small "
                            'sizes do the same), 1 scans them (the experiment\'s, for compile time at scale)')
@@ -103,7 +103,7 @@ def bigjax_config(args):
   config.optim.clip_norm = 0.0
   config.model.dtype = 'float32'  # what 'auto' picks on CPU; explicit, as the PyTorch side is float32
   config.train.batch_size = args.batch
-  config.train.cpu_matmul = args.cpu_matmul
+  config.train.cpu_matmul = args.cpu_matmul or config.train.cpu_matmul
   config.model.scan_layers = bool(args.scan_layers)
   validate(config)
   m = config.model
@@ -266,6 +266,7 @@ class Batches:
 def build(args, log):
   """The contenders, all at bigjax's initial weights, and the batches they share."""
   config = bigjax_config(args)
+  args.cpu_matmul = config.train.cpu_matmul  # the flag's, else the experiment's: the summary names it
   a = Bigjax(config, random_images_dataset(args))
   m = config.model
   log(f'bigjax: ViT-{args.size}, {a.num_params:,} parameters, classifier={m.classifier}, '

@@ -47,5 +47,6 @@ def get_config(size: str = 'S/16'):
   c.train.batch_size = BATCH
   c.train.eval_every = 5 * (TRAIN_IMAGES // BATCH)
   c.train.log_every = 500
+  c.train.cpu_matmul = 'onednn'  # x86 CPUs: oneDNN's matmuls (bigjax/cpu/xla_options.py, bigjax/cpu/pool.py)
   c.checkpoint.every = 2500
   return c

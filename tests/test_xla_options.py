@@ -79,6 +79,34 @@ def test_a_long_dot_scaled_by_a_constant_is_compiled_without_onednn_and_computes
     np.testing.assert_allclose(step(a, w), jax.jit(_mean_of_196)(a, w), rtol=1e-5, atol=1e-5)
 
 
+def _pooled_head_grads(mean):
+  """The gradients of a ViT's global average pooling and its head over 1,000 classes: the mean's
+  division follows the head's input-gradient matmul, which contracts over the classes."""
+  loss = lambda x, w: jnp.sum(jnp.tanh(mean(x, 1) @ w))  # noqa: E731
+  return jax.grad(loss, argnums=(0, 1))
+
+
+def test_the_cpu_mean_keeps_a_pooled_heads_gradient_on_onednn_bit_for_bit():
+  """bigjax/cpu/pool.py: forward and gradient equal the plain mean's, and under oneDNN the gradient
+  leaves the head's long matmul unscaled (the plain mean's is refused, the step on XLA's matmuls)."""
+  from bigjax.cpu import pool  # noqa: PLC0415
+  rng = np.random.default_rng(0)
+  x, w = (jnp.asarray(rng.standard_normal(shape, dtype=np.float32)) for shape in ((8, 196, 384), (384, 1000)))
+  plain = _pooled_head_grads(lambda x, axis: x.mean(axis))
+  ours = _pooled_head_grads(pool.mean)
+  np.testing.assert_array_equal(pool.mean(x, 1), x.mean(1))
+  expected = jax.jit(plain)(x, w)
+  for got, want in zip(jax.jit(ours)(x, w), expected, strict=True):
+    np.testing.assert_array_equal(got, want)
+  refused = jax.jit(plain, compiler_options=xla_options.ONEDNN).lower(x, w).compile()
+  assert xla_options.unsafe_onednn_fusions(refused.as_text())
+  step, compiled = xla_options.jit_and_compile(lambda options: jax.jit(ours, compiler_options=options),
+                                               (x, w), 'onednn')
+  assert 'onednn_fusion' in compiled.as_text() and not xla_options.unsafe_onednn_fusions(compiled.as_text())
+  for got, want in zip(step(x, w), expected, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('mlp, atol', [('gelu', 1e-5), pytest.param('swiglu', 1e-4, marks=pytest.mark.slow)])
 def test_the_lm_trains_alike_with_onednn_and_deterministically(data_dir, mlp, atol):
   """Every matmul of the step is oneDNN's, nothing fell back: query/key/value, and SwiGLU's gate

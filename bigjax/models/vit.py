@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax.config import ConfigError
+from bigjax.cpu import pool
 from bigjax.models.layers import dense, token_matmul
 from bigjax.models.transformer import _init, _norm, run_layers
 
@@ -125,5 +126,5 @@ class ViT(nn.Module):
                    remat=self.remat)
 
     x = _norm(self.norm, dtype, 'final_norm')(x).astype(jnp.float32)
-    pooled = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
+    pooled = x[:, 0] if self.classifier == 'token' else pool.mean(x, axis=1)
     return dense(self.num_outputs, ('embed', 'classes'), name='head')(pooled)
