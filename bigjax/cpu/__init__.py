@@ -58,6 +58,12 @@ depthwise.py: the Conformer's depthwise convolution over time as kernel-size shi
   the CPU backend; elsewhere one lax.conv. Seam: bigjax/models/conformer.py's Depthwise calls
   `depthwise.conv1d`, with nn.Conv's parameters either way.
 
+pool.py: the mean over one axis whose gradient oneDNN's fusion cannot merge into the previous
+  matmul: a ViT's global average pooling, whose gradient is otherwise the head's long matmul divided
+  by the patch count, a fusion this XLA's oneDNN computes wrongly and xla_options refuses (the whole
+  step then runs XLA's matmuls). Applies: on the CPU backend; elsewhere the plain mean. Seam:
+  bigjax/models/vit.py's pooling calls `pool.mean`.
+
 docs/performance.md has the measurements behind each piece, and the benchmarks that took them.
 """
 

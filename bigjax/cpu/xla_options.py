@@ -52,7 +52,8 @@ def unsafe_onednn_fusions(hlo_text: str) -> list[str]:
 # right at every contraction up to 512 that was tried, wrong from 640). A product by a full-size input
 # was right, but the fused computation cannot tell it from a broadcast one, so such products are let
 # run only after contractions of at most _SHORT_CONTRACTION, half the longest seen right: the
-# Transformers' attention scales (d_model 256 and below) keep oneDNN.
+# Transformers' attention scales (d_model 256 and below) keep oneDNN, and a ViT's mean pooling keeps its
+# division out of the head's fusion (pool.py).
 _SCALING = ('multiply', 'divide')
 _SHORT_CONTRACTION = 256
 
