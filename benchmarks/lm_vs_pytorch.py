@@ -41,6 +41,7 @@ cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from runner import Bigjax  # noqa: E402  (bigjax's side, torch-free: tests/test_benchmarks.py)
 from torch import nn  # noqa: E402
 
 
@@ -106,41 +107,6 @@ def bigjax_config(data_dir: str):
     raise SystemExit(f'lm_gpt small changed ({drifted}, optim {config.optim.name}, '
                      f'z_loss {config.task.get("z_loss")}): update the PyTorch reference to match')
   return config
-
-
-class Bigjax:
-  """bigjax's own train step, built the way bigjax.train.train_and_evaluate builds it."""
-
-  def __init__(self, config):
-    import jax
-
-    from bigjax import sharding, train
-    self.jax, self.sharding = jax, sharding
-    start = time.perf_counter()
-    self.s = train.setup(config)
-    with self.active():
-      self.state = self.s.init()
-      _, compiled = train.compile_train_step(self.s, config)
-      self.step = lambda state, batch: compiled(state, batch, self.s.frozen)
-    self.compile_s = time.perf_counter() - start
-    self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
-
-  def active(self):
-    return self.sharding.active(self.s.mesh, self.s.rules)
-
-  def logits(self, inputs: np.ndarray) -> np.ndarray:
-    """Forward pass at the current weights, for the equivalence check."""
-    apply = self.jax.jit(lambda params, x: self.s.model.apply({'params': params}, x, train=False))
-    with self.active():
-      return np.asarray(apply(self.state.params, inputs))
-
-  def run(self, batches) -> float:
-    """Trains on the batches; returns the last step's loss."""
-    with self.active():
-      for batch in batches:
-        self.state, metrics = self.step(self.state, self.sharding.shard_batch(batch, self.s.mesh))
-      self.jax.block_until_ready((self.state, metrics))
-    return float(metrics['loss'])
 
 
 # --------------------------------------------------------------------------- B: PyTorch
@@ -322,7 +288,7 @@ def check_same_model(a: Bigjax, model: GPT, batch: dict, log) -> None:
   """Same weights, same tokens: the logits must agree to float32 rounding, or we race two models."""
   with torch.no_grad():
     expected = model.logits(torch.from_numpy(batch['inputs']).long()).numpy()
-  error = float(np.abs(a.logits(batch['inputs']) - expected).max() / np.abs(expected).max())
+  error = float(np.abs(a.logits({'inputs': batch['inputs']}) - expected).max() / np.abs(expected).max())
   log(f'check: max |logits bigjax - pytorch| / max |logits| = {error:.2e}')
   if error > 1e-4:
     raise SystemExit('bigjax and the PyTorch reference disagree: they are not the same model')

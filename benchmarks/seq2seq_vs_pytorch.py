@@ -59,6 +59,7 @@ cpu.keep_freed_memory_on_cpu()  # glibc's malloc keeps freed memory, as `bigjax.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from runner import Bigjax  # noqa: E402  (bigjax's side, torch-free: tests/test_benchmarks.py)
 from torch import nn  # noqa: E402
 
 
@@ -157,44 +158,6 @@ def bigjax_config(args):
     raise SystemExit(f'translate offline changed ({drifted}, optim {config.optim.name}, '
                      f'task {config.task.name}): update the PyTorch reference to match')
   return config
-
-
-class Bigjax:
-  """bigjax's own train step, built the way bigjax.train.train_and_evaluate builds it."""
-
-  def __init__(self, config, dataset=None):
-    """dataset: one already made (random images for the ViT benchmark), else the config's."""
-    import jax
-
-    from bigjax import sharding, train
-    self.jax, self.sharding = jax, sharding
-    start = time.perf_counter()
-    self.s = train.setup(config, dataset=dataset)
-    with self.active():
-      self.state = self.s.init()
-      _, compiled = train.compile_train_step(self.s, config)
-      self.step = lambda state, batch: compiled(state, batch, self.s.frozen)
-    self.compile_s = time.perf_counter() - start
-    self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
-    self.batch_keys = set(train._example_batch(self.s.dataset))
-
-  def active(self):
-    return self.sharding.active(self.s.mesh, self.s.rules)
-
-  def logits(self, batch: dict) -> np.ndarray:
-    """Forward pass at the current weights (teacher-forced for a pair model), for the equivalence check."""
-    apply = self.jax.jit(lambda params, batch: self.s.model.apply(
-        {'params': params}, **self.s.task.model_inputs(batch), train=False))
-    with self.active():
-      return np.asarray(apply(self.state.params, batch))
-
-  def run(self, batches) -> float:
-    """Trains on the batches; returns the last step's loss."""
-    with self.active():
-      for batch in batches:
-        self.state, metrics = self.step(self.state, self.sharding.shard_batch(batch, self.s.mesh))
-      self.jax.block_until_ready((self.state, metrics))
-    return float(metrics['loss'])
 
 
 # --------------------------------------------------------------------------- B: PyTorch
