@@ -1,7 +1,7 @@
 """bigjax's side of the *_vs_pytorch.py benchmarks, without torch, so that CI can test it.
 
-Bigjax is the train step as bigjax.train.train_and_evaluate builds it: train.setup, init, and the
-executable of train.compile_train_step, called as the trainer calls it."""
+Bigjax is the train step as bigjax.train.train_and_evaluate builds it: train.setup, init, and
+train.compile_train_step's step function, called as the trainer calls it."""
 
 import time
 
@@ -21,8 +21,7 @@ class Bigjax:
     self.s = train.setup(config, dataset=dataset)
     with self.active():
       self.state = self.s.init()
-      _, compiled = train.compile_train_step(self.s, config)
-      self.step = lambda state, batch: compiled(state, batch, self.s.frozen)
+      self.step, _ = train.compile_train_step(self.s, config)  # the step the trainer calls
     self.compile_s = time.perf_counter() - start
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     self.batch_keys = set(train._example_batch(self.s.dataset))

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -192,6 +193,24 @@ def test_a_quantized_folder_holds_one_array_per_dtype_and_reads_back_the_same_bi
   assert jax.tree.structure(back) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(want), strict=True):
     assert a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
+
+
+def test_restore_reads_the_one_array_layout_and_refuses_the_older_per_leaf_one(tmp_path):
+  """quant_eval.restore: the current layout comes back bit for bit; a folder written before it, one
+  Orbax array per leaf, is one line asking to quantize again, not Orbax's tree-mismatch traceback."""
+  float_params = {'dense': {'kernel': jax.random.normal(KEY, (16, 8)), 'bias': jnp.arange(8.0)}}
+  params = quantize.pack(float_params, 'int8_weights')
+  qs = types.SimpleNamespace(mesh=jax.sharding.Mesh(jax.devices()[:1], ('data',)))
+  restore = lambda path: quant_eval.restore(path, qs, jax.eval_shape(lambda: float_params), {},  # noqa: E731
+                                            'int8_weights')
+  quant_eval.save(str(tmp_path / 'current'), params, {})
+  back = restore(str(tmp_path / 'current'))['params']
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(quantize.unpack(params)), strict=True):
+    assert a.dtype == b.dtype and bool((a == b).all())
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(str(tmp_path / 'older'), {'params': params, 'model_state': {}})
+  with pytest.raises(ConfigError, match=r'older bigjax, an array per leaf: quantize the run again'):
+    restore(str(tmp_path / 'older'))
 
 
 def _family(name):
