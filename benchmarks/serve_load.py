@@ -15,8 +15,10 @@ standard library's own source, found on every machine.
 
 Prints one JSON line per (max_batch, concurrency): the medians over rounds of throughput (requests/s),
 p50 and p99 latency (ms), and the count of answers other than 200; then a final line with `ratio`, the
-median of the rounds' throughput(A) / throughput(B) at the highest concurrency, and the load average at
-the start and the end.
+median of the rounds' throughput(A) / throughput(B) at the highest concurrency, `model_ratio`, the same
+ratio for the export alone in this process once the servers have stopped (its milliseconds per input at
+batch 1 and at --max_batch): the ceiling of `ratio`, as HTTP costs each request the same either way,
+and the load average at the start and the end.
 """
 
 import argparse
@@ -41,7 +43,7 @@ def parse_args(argv=None):
   parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds; lines report medians')
   parser.add_argument('--concurrency', default='1,8,32', help='client threads, comma-separated')
   parser.add_argument('--max_batch', type=int, default=32, help='the batching server\'s --max_batch')
-  parser.add_argument('--max_wait_ms', type=float, default=5.0, help='the batching server\'s --max_wait_ms')
+  parser.add_argument('--max_wait_ms', type=float, default=0.0, help='the batching server\'s --max_wait_ms')
   parser.add_argument('--requests', type=int, default=400, help='answers per measurement, at most')
   parser.add_argument('--seconds', type=float, default=10.0, help='seconds per measurement, at most')
   parser.add_argument('--max_new_tokens', type=int, default=32, help='a language model: tokens per answer')
@@ -99,15 +101,42 @@ class Server:
     return status
 
 
-def bodies(task: str, texts: list[str], max_new_tokens: int) -> tuple[str, list[bytes]]:
+def items(task: str, texts: list[str], max_new_tokens: int) -> list[dict]:
+  """One request's input each, as load.Export.prepare takes it."""
   if task == 'classify':
-    return '/v1/predict', [json.dumps({'texts': [t]}).encode() for t in texts]
+    return [{'text': t} for t in texts]
   if task == 'sample':
-    return '/v1/generate', [json.dumps({'prompt': t[:64], 'max_new_tokens': max_new_tokens,
-                                        'seed': i}).encode() for i, t in enumerate(texts)]
+    return [{'prompt': t[:64], 'max_new_tokens': max_new_tokens, 'seed': i} for i, t in enumerate(texts)]
   if task == 'generate':
-    return '/v1/generate', [json.dumps({'text': t.splitlines()[0][:200]}).encode() for t in texts]
+    return [{'text': t.splitlines()[0][:200]} for t in texts]
   sys.exit(f'a {task!r} export: this benchmark sends text only (classify, sample, generate)')
+
+
+def bodies(task: str, inputs: list[dict]) -> tuple[str, list[bytes]]:
+  if task == 'classify':
+    return '/v1/predict', [json.dumps({'texts': [item['text']]}).encode() for item in inputs]
+  return '/v1/generate', [json.dumps(item).encode() for item in inputs]
+
+
+def model_alone(export: str, inputs: list[dict], max_batch: int, rounds: int) -> dict:
+  """The export's own milliseconds per input in this process, without HTTP: one input per call, and
+  max_batch per call, interleaved; medians of the rounds. Their ratio is the most batching can give
+  here, since HTTP and JSON cost every request the same with or without it."""
+  sys.path.insert(0, REPO)
+  from bigjax.serving import load  # noqa: PLC0415 (jax, in this process only for this measurement)
+  exp = load.load(export)
+  prepared = [exp.prepare(item) for item in inputs]
+  exp.warm(max_batch)
+  times = {1: [], max_batch: []}
+  for _ in range(rounds + 1):  # the first round untimed
+    for batch, measured in times.items():
+      start = time.perf_counter()
+      for i in range(0, len(prepared), batch):
+        exp.run(prepared[i:i + batch])
+      measured.append(1000 * (time.perf_counter() - start) / len(prepared))
+  ms = {batch: statistics.median(t[1:]) for batch, t in times.items()}
+  return {'model_ms_per_input': {str(b): round(m, 3) for b, m in ms.items()},
+          'model_ratio': round(ms[1] / ms[max_batch], 2)}
 
 
 def measure(port: int, path: str, payloads: list[bytes], *, concurrency: int, requests: int,
@@ -153,7 +182,8 @@ def main(argv=None) -> None:
   load_start = os.getloadavg()[0]
   servers = {args.max_batch: Server(args.export, args.max_batch, args.max_wait_ms),
              1: Server(args.export, 1, 0)}
-  path, payloads = bodies(servers[1].task, snippets(), args.max_new_tokens)
+  inputs = items(servers[1].task, snippets(), args.max_new_tokens)
+  path, payloads = bodies(servers[1].task, inputs)
   for server in servers.values():  # untimed: the first requests of a process are slower
     measure(server.port, path, payloads, concurrency=max(args.concurrency),
             requests=2 * max(args.concurrency), seconds=args.seconds)
@@ -173,8 +203,9 @@ def main(argv=None) -> None:
   top = max(args.concurrency)
   ratios = [a['throughput'] / b['throughput'] for a, b in zip(runs[args.max_batch, top], runs[1, top])]
   statuses = [server.stop() for server in servers.values()]
+  alone = model_alone(args.export, inputs[:64], args.max_batch, args.rounds)
   print(json.dumps({'ratio': round(statistics.median(ratios), 2), 'ratios': [round(x, 2) for x in ratios],
-                    'concurrency': top, 'max_batch': args.max_batch,
+                    'concurrency': top, 'max_batch': args.max_batch, **alone,
                     'load_start': load_start, 'load_end': os.getloadavg()[0], 'exit_statuses': statuses}),
         flush=True)
 

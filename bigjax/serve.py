@@ -1,7 +1,7 @@
 """Serves an export over HTTP (bigjax/serving/server.py): FastAPI, dynamic batching, Prometheus metrics.
 
   python -m bigjax.serve --export=DIR (or --workdir=RUN) [--host=127.0.0.1] [--port=8000]
-      [--max_batch=32] [--max_wait_ms=5] [--max_queue=256] [--timeout_s=30] [--max_body_bytes=1048576]
+      [--max_batch=32] [--max_wait_ms=0] [--max_queue=256] [--timeout_s=30] [--max_body_bytes=1048576]
 
 --workdir serves RUN/export, exporting the run's newest checkpoint there first if it holds none
 (python -m bigjax.export). Every bucket shape a batch of up to --max_batch pads to is compiled before
@@ -24,8 +24,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder: serves RUN/export
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; 0.0.0.0 opens it to the network.')
 _PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on (0: any free port, printed at start).')
 _MAX_BATCH = flags.DEFINE_integer('max_batch', 32, 'Most items in one model call, and in one request.')
-_MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 5.0, 'How long a batch waits for more items after its '
-                                  'first.')
+_MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 0.0, 'How long a batch waits for more items after its '
+                                  'first. 0: it runs at once with what is queued; under load the queue fills '
+                                  'while the model runs the batch before.')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Items queued at most; beyond it, 503 with Retry-After.')
 _TIMEOUT_S = flags.DEFINE_float('timeout_s', 30.0, 'A request not answered within this is answered 504 '
                                 '(and a body not received within it, 408).')

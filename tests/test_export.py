@@ -143,6 +143,21 @@ def test_a_served_batch_gives_each_row_what_it_gives_alone(runs):
   assert set(batched[0]['probabilities']) == set(classifier.metadata['labels'])
 
 
+def test_a_long_text_runs_apart_from_a_batch_of_short_ones(runs):
+  """One text of the longest length bucket would pad 16 short ones to its length: it runs in a call of
+  its own, and every row still gets what it gets alone, in the order sent. Two texts stay one call."""
+  classifier = load.load(runs['lstm'][2])  # lengths 32 and 48 (data.bucket 32, seq_len 48)
+  long = ' '.join(f'x{i} = {i}' for i in range(40))  # truncated to 48 tokens
+  texts = [f'import m{i}' for i in range(8)] + [long] + [f'def f{i}(): pass' for i in range(8)]
+  prepared = [classifier.prepare({'text': t}) for t in texts]
+  assert [p.length for p in prepared] == [32] * 8 + [48] + [32] * 8
+  assert classifier._groups(prepared, 32) == [[*range(8), *range(9, 17)], [8]]
+  assert classifier._groups(prepared[7:9], 2) == [[0, 1]]  # 2 x 48 costs less than two calls
+  batched = classifier.run(prepared)
+  assert sorted(classifier._compiled) == [(1, 48), (16, 32)]
+  assert batched == [classifier.run([p])[0] for p in prepared]
+
+
 def test_bad_requests_are_one_line_errors(runs):
   lm, cnn = load.load(runs['lm'][2]), load.load(runs['cnn'][2])
   limit = lm.metadata['sample']['max_prompt_tokens']

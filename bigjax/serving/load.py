@@ -29,6 +29,9 @@ FORMAT = 'bigjax-stablehlo-1'  # export.py writes it; a later layout changes the
 TASKS = ('classify', 'sample', 'generate', 'transcribe')
 AUDIO_SECONDS = (2, 4, 8, 16)  # audio length buckets; longer clips are refused
 MAX_IMAGE_PIXELS = 4096 * 4096
+# A call's fixed cost per position (a loop step, a kernel launch), in rows: a group of lengths is run apart
+# only when that saves more padding than this costs.
+CALL_ROWS = 8
 
 
 class BadInput(ValueError):
@@ -221,15 +224,45 @@ class Export:
     return [tokens, valid, *rows.values()]
 
   def run(self, prepared: list[Prepared]) -> list[dict]:
-    """One call for all the examples, padded to the smallest bucket that holds them."""
+    """One call per group of similar lengths (see _groups), each padded to the smallest bucket that
+    holds it; one result per example, in order."""
     most = self._max_batch or 1 << (len(prepared) - 1).bit_length()
     if len(prepared) > most:
       raise ValueError(f'{len(prepared)} examples in one run; warm(max_batch) allows {most}')
-    batch = min(b for b in _batch_buckets(most) if b >= len(prepared))
-    length = min(n for n in self._lengths() if n >= max(p.length for p in prepared))
-    compiled = self._compile(batch, length)
-    outputs = jax.device_get(compiled(self._device_params, *self._inputs(prepared, batch, length)))
-    return [self._result(outputs, i, p) for i, p in enumerate(prepared)]
+    results = [None] * len(prepared)
+    for group in self._groups(prepared, most):
+      examples = [prepared[i] for i in group]
+      batch = min(b for b in _batch_buckets(most) if b >= len(examples))
+      length = min(n for n in self._lengths() if n >= max(p.length for p in examples))
+      compiled = self._compile(batch, length)
+      outputs = jax.device_get(compiled(self._device_params, *self._inputs(examples, batch, length)))
+      for row, (i, p) in enumerate(zip(group, examples)):
+        results[i] = self._result(outputs, row, p)
+    return results
+
+  def _groups(self, prepared: list[Prepared], most: int) -> list[list[int]]:
+    """The examples' indices cut into groups by length where that is cheaper: one long text would
+    otherwise pad a whole batch of short ones to its length. A classifier's or a speech model's cost
+    grows with its padded input, taken as (batch + CALL_ROWS) x length per call; a decoder's is its
+    loop over new tokens, run once per call, so a continuation or a translation stays one call."""
+    order = sorted(range(len(prepared)), key=lambda i: prepared[i].length)
+    if self.task not in ('classify', 'transcribe'):
+      return [order]
+    bucket = lambda i: min(n for n in self._lengths() if n >= prepared[i].length)
+    by_length = [[i for i in order if bucket(i) == n] for n in sorted({bucket(i) for i in order})]
+    padded_batch = lambda count: min(b for b in _batch_buckets(most) if b >= count)
+    best = None
+    for cuts in range(1 << (len(by_length) - 1)):  # each boundary between lengths cut or not: a few lengths
+      groups, group = [], []
+      for k, same in enumerate(by_length):
+        group = group + same
+        if k == len(by_length) - 1 or cuts >> k & 1:
+          groups.append(group)
+          group = []
+      cost = sum((padded_batch(len(g)) + CALL_ROWS) * bucket(g[-1]) for g in groups)
+      if best is None or (cost, len(groups)) < best[:2]:
+        best = (cost, len(groups), groups)
+    return best[2]
 
   def _result(self, outputs, i: int, p: Prepared) -> dict:
     if self.task == 'classify':

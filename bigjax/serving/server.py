@@ -1,6 +1,6 @@
 """bigjax's HTTP model server: an export (bigjax/serving/load.py) behind FastAPI, with dynamic batching.
 
-  python -m bigjax.serve --export=runs/imdb/export [--port=8000] [--max_batch=32] [--max_wait_ms=5]
+  python -m bigjax.serve --export=runs/imdb/export [--port=8000] [--max_batch=32] [--max_wait_ms=0]
   curl -s localhost:8000/v1/predict -H 'Content-Type: application/json' -d '{"texts": ["import os"]}'
 
 Each request's items are prepared on the event loop (tokenized or decoded: cheap, and bounded by
@@ -44,7 +44,7 @@ ENDPOINTS = {'classify': '/v1/predict', 'sample': '/v1/generate', 'generate': '/
 @dataclasses.dataclass(frozen=True)
 class Settings:
   max_batch: int = 32
-  max_wait_ms: float = 5.0
+  max_wait_ms: float = 0.0  # Triton's default: a wait only delays a lone request; load fills the queue
   max_queue: int = 256  # items, not requests: what bounds the memory and the wait
   timeout_s: float = 30.0
   max_body_bytes: int = 1 << 20
