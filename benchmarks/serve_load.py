@@ -17,8 +17,9 @@ Prints one JSON line per (max_batch, concurrency): the medians over rounds of th
 p50 and p99 latency (ms), and the count of answers other than 200; then a final line with `ratio`, the
 median of the rounds' throughput(A) / throughput(B) at the highest concurrency, `model_ratio`, the same
 ratio for the export alone in this process once the servers have stopped (its milliseconds per input at
-batch 1 and at --max_batch): the ceiling of `ratio`, as HTTP costs each request the same either way,
-and the load average at the start and the end.
+batch 1 and at --max_batch: what batching buys the model itself; the server gains a little more, as it
+hands the model thread one batch instead of one request at a time), and the load average at the start
+and the end.
 """
 
 import argparse
@@ -120,8 +121,7 @@ def bodies(task: str, inputs: list[dict]) -> tuple[str, list[bytes]]:
 
 def model_alone(export: str, inputs: list[dict], max_batch: int, rounds: int) -> dict:
   """The export's own milliseconds per input in this process, without HTTP: one input per call, and
-  max_batch per call, interleaved; medians of the rounds. Their ratio is the most batching can give
-  here, since HTTP and JSON cost every request the same with or without it."""
+  max_batch per call, interleaved; medians of the rounds."""
   sys.path.insert(0, REPO)
   from bigjax.serving import load  # noqa: PLC0415 (jax, in this process only for this measurement)
   exp = load.load(export)
