@@ -119,6 +119,7 @@ def test_remat_policies_recompute_only_what_they_say(mlp):
   assert dots('full') > dots('dots_no_batch')
 
 
+@pytest.mark.slow  # 10 s, for CI's 15 minutes; every LM test in CI runs the fused matmul on CPU
 def test_the_fused_query_key_value_matmul_computes_the_same_model(monkeypatch):
   """The fused projection (CPU) and the three matmuls (elsewhere) share one parameter tree, so a
   checkpoint restores under either, and give the same logits and gradients."""

@@ -144,6 +144,7 @@ def _state_bytes(report):
   return report['per_device_bytes']['params'] + report['per_device_bytes']['opt_state']
 
 
+@pytest.mark.slow  # 8 s; CI keeps test_dry_run_works_for_any_device_count and the WMT config's fsdp dry run
 def test_dry_run_reports_fsdp_memory_for_the_mlp(data_dir, tmp_path):
   replicated = _dry_run(data_dir, '--config.mesh.data=8', f'--workdir={tmp_path}/w')
   sharded = _dry_run(data_dir, '--config.mesh.data=1', '--config.mesh.fsdp=8', f'--workdir={tmp_path}/w')

@@ -120,6 +120,7 @@ def test_extending_a_cosine_run_is_refused_unless_schedule_steps_keeps_it(source
 # --- the global batch over the mesh, and shard_map ---------------------------------------------------
 
 
+@pytest.mark.slow  # 15 s; CI trains 2 processes x 4 devices in test_scale.py's layouts, to the same loss
 def test_two_processes_train_a_global_batch_of_8_on_8_devices(data_dir, tmp_path):
   """The mesh spans both processes' 4 devices, so a batch of 8 (one row per device) is valid."""
   env = {**os.environ, 'PYTHON': sys.executable, 'LOCAL_DEVICES': '4'}

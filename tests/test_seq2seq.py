@@ -166,6 +166,7 @@ def test_translation_trains_generates_and_writes_its_scores(lists, tmp_path):
   assert all(isinstance(line['output'], str) for line in lines)
 
 
+@pytest.mark.slow  # three processes' start-up, 8 s, for three one-line errors: CI's 15 minutes
 def test_generate_needs_a_pair_config_and_a_text():
   result = run_main('--config=experiments/digits_mlp.py', '--mode=generate', '--text=x')
   assert result.returncode == 2 and 'needs a sequence-to-sequence config' in result.stderr

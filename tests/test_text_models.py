@@ -398,6 +398,7 @@ for mode in sys.argv[3:]:
 '''
 
 
+@pytest.mark.slow  # 14 s; CI checks the C++ layer against the scan, and sharding in test_scale.py
 def test_the_cpp_lstm_trains_the_same_on_8_devices_as_on_one(data_dir, tmp_path):
   """imdb_lstm:offline shrunk, 5 steps: on one device, and on a data=8 mesh of simulated devices
   both as GSPMD partitions the step (auto) and as explicit data parallelism (shard_map, each device

@@ -36,7 +36,7 @@ SHORTER = {
 }
 # Blocks whose shortened commands still take more than ~20 s on 2 CPU cores, by name: the first
 # command's workdir under runs/tutorial/, or dry_run_<config variant> for a block without one.
-SLOW = ('optimizers', 'lstm', 'lm', 'dry_run_124m', 'splits')
+SLOW = ('optimizers', 'lstm', 'lm', 'dry_run_124m', 'splits', 'gd', 'cnn')  # CI keeps mlp and mesh
 CHANCE = 0.1  # every classification dataset here has 10 classes
 
 

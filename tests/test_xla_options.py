@@ -146,6 +146,7 @@ def test_a_resumed_onednn_run_ends_bitwise_where_an_uninterrupted_one_does(data_
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # 11 s: CI's 15 minutes; the oneDNN LM training test stays in CI
 def test_a_model_with_dropout_trains_with_xlas_matmuls_as_onednns_change_its_numbers(data_dir, caplog):
   """oneDNN's matmuls change what a block with dropout computes (xla_options.matmuls_for): such a
   step is compiled with XLA's own, and trains exactly as with train.cpu_matmul=xla."""
