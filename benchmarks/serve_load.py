@@ -203,6 +203,7 @@ def main(argv=None) -> None:
   top = max(args.concurrency)
   ratios = [a['throughput'] / b['throughput'] for a, b in zip(runs[args.max_batch, top], runs[1, top])]
   statuses = [server.stop() for server in servers.values()]
+  print('timing the export alone, without HTTP (compiling its buckets first)', file=sys.stderr, flush=True)
   alone = model_alone(args.export, inputs[:64], args.max_batch, args.rounds)
   print(json.dumps({'ratio': round(statistics.median(ratios), 2), 'ratios': [round(x, 2) for x in ratios],
                     'concurrency': top, 'max_batch': args.max_batch, **alone,
