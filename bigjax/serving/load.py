@@ -48,6 +48,11 @@ class Prepared(NamedTuple):
   options: dict  # the request's per-example settings (a continuation's max_new_tokens)
 
 
+def _fit(buckets, size: int) -> int:
+  """The smallest bucket that holds size."""
+  return min(b for b in buckets if b >= size)
+
+
 def _batch_buckets(max_batch: int) -> list[int]:
   """Powers of two up to max_batch, and max_batch: a batch is padded by less than half."""
   return sorted({max_batch} | {1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch})
@@ -98,7 +103,8 @@ class Export:
 
   def _padded_length(self, tokens: int) -> int:
     """The length a text is padded to: max_tokens, or less where padding changes nothing."""
-    return min(length for length in self._lengths() if length >= min(tokens, self._lengths()[-1]))
+    lengths = self._lengths()
+    return _fit(lengths, min(tokens, lengths[-1]))
 
   def _image(self, content: bytes) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (image models only)
@@ -232,8 +238,8 @@ class Export:
     results = [None] * len(prepared)
     for group in self._groups(prepared, most):
       examples = [prepared[i] for i in group]
-      batch = min(b for b in _batch_buckets(most) if b >= len(examples))
-      length = min(n for n in self._lengths() if n >= max(p.length for p in examples))
+      batch = _fit(_batch_buckets(most), len(examples))
+      length = _fit(self._lengths(), max(p.length for p in examples))
       compiled = self._compile(batch, length)
       outputs = jax.device_get(compiled(self._device_params, *self._inputs(examples, batch, length)))
       for row, (i, p) in enumerate(zip(group, examples)):
@@ -248,9 +254,9 @@ class Export:
     order = sorted(range(len(prepared)), key=lambda i: prepared[i].length)
     if self.task not in ('classify', 'transcribe'):
       return [order]
-    bucket = lambda i: min(n for n in self._lengths() if n >= prepared[i].length)
-    by_length = [[i for i in order if bucket(i) == n] for n in sorted({bucket(i) for i in order})]
-    padded_batch = lambda count: min(b for b in _batch_buckets(most) if b >= count)
+    lengths, batches = self._lengths(), _batch_buckets(most)
+    bucket = {i: _fit(lengths, prepared[i].length) for i in order}
+    by_length = [[i for i in order if bucket[i] == n] for n in sorted(set(bucket.values()))]
     best = None
     for cuts in range(1 << (len(by_length) - 1)):  # each boundary between lengths cut or not: a few lengths
       groups, group = [], []
@@ -259,7 +265,7 @@ class Export:
         if k == len(by_length) - 1 or cuts >> k & 1:
           groups.append(group)
           group = []
-      cost = sum((padded_batch(len(g)) + CALL_ROWS) * bucket(g[-1]) for g in groups)
+      cost = sum((_fit(batches, len(g)) + CALL_ROWS) * bucket[g[-1]] for g in groups)
       if best is None or (cost, len(groups)) < best[:2]:
         best = (cost, len(groups), groups)
     return best[2]

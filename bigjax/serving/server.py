@@ -154,8 +154,10 @@ class Batcher:
         try:
           batch.append(self.queue.get_nowait())
         except asyncio.QueueEmpty:
+          if loop.time() >= deadline:  # --max_wait_ms=0: run what is queued, no timer armed
+            break
           try:
-            batch.append(await asyncio.wait_for(self.queue.get(), max(0, deadline - loop.time())))
+            batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
           except TimeoutError:
             break
       stopping = batch[-1] is None
